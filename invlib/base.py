@@ -1,0 +1,73 @@
+"""The invertible-layer contract: ``y = forward(x)``, ``x = inverse(y)``, and the reverse step.
+
+Every layer in invlib is a :class:`Invertible`. The reverse step is what makes backpropagation
+possible without storing activations: it rebuilds a layer's input from its output and, in the
+same pass, turns the output cotangent ``y_bar = dL/dy`` into ``x_bar = dL/dx`` and the parameter
+gradients. Idea: Gomez et al., "The Reversible Residual Network", 2017 (arXiv 1707.04585).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class Invertible(nn.Module):
+    """A module computing a bijection ``y = f(x)`` together with its inverse ``x = f^{-1}(y)``.
+
+    Contract (stated once for every layer in invlib):
+
+    * ``forward(x)`` is an ordinary differentiable torch computation, so a plain loop
+      ``for layer in net: x = layer(x)`` followed by ``loss.backward()`` is standard backprop.
+    * ``inverse(forward(x)) == x`` and ``forward(inverse(y)) == y`` up to rounding, for every
+      ``x`` in the layer's domain and ``y`` in its range. Rounding error is amplified by the
+      layer's condition number; layers with a weight matrix check it (see ``invlib._checks``).
+    * ``reverse(y, y_bar) -> (x, x_bar)`` rebuilds ``x = inverse(y)`` and returns the cotangent
+
+          x_bar = (dy/dx)^T y_bar,
+
+      while *accumulating* ``(dy/dtheta)^T y_bar`` into each parameter's ``.grad`` right away
+      (created when ``None``, added in place otherwise). Nothing is held back until the end of
+      backward, so a network's parameter gradients exist only once, in ``.grad``.
+
+    Shapes: ``y`` and ``y_bar`` have the shape of the layer's output, ``x`` and ``x_bar`` that of
+    its input. ``reverse`` runs with gradient recording off for its results: they are plain
+    tensors without history (no double backward).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} must implement forward(x)")
+
+    def inverse(self, y: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} must implement inverse(y)")
+
+    def reverse(self, y: Tensor, y_bar: Tensor) -> tuple[Tensor, Tensor]:
+        """Rebuild ``x`` from ``y`` and back-propagate ``y_bar`` through the layer.
+
+        Generic version: invert, then re-run the forward from ``x`` under autograd and call
+        ``torch.autograd.backward``. That costs one extra forward; layers override it with a
+        closed form that reuses the work of the inversion.
+        """
+        with torch.no_grad():
+            x = self.inverse(y)
+        with torch.enable_grad():
+            x_leaf = x.detach().requires_grad_()
+            y_again = self.forward(x_leaf)
+            if y_again.requires_grad:
+                torch.autograd.backward(y_again, y_bar)
+        x_bar = x_leaf.grad if x_leaf.grad is not None else torch.zeros_like(x)
+        return x, x_bar
+
+
+def accumulate_grad(param: Tensor | None, grad: Tensor) -> None:
+    """Add ``grad`` into ``param.grad`` the way autograd does: create it if absent, else add in place.
+
+    Frozen parameters (``requires_grad=False``) and absent ones (``None``, e.g. no bias) are skipped.
+    ``grad`` must be a fresh tensor owned by the caller, because it may become ``param.grad``.
+    """
+    if param is None or not param.requires_grad:
+        return
+    if param.grad is None:
+        param.grad = grad.detach()
+    else:
+        param.grad.add_(grad)

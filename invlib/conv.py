@@ -1,0 +1,164 @@
+"""Same-size circular convolutions, inverted exactly in the Fourier domain.
+
+The DFT diagonalises circular convolution: with ``X[f] = sum_n x[n] exp(-2 pi i f n / L)`` and
+``p = k // 2``, the layer
+
+    y[c, n] = b[c] + sum_{d, j} W[c, d, j] x[d, (n + j - p) mod L]
+
+becomes, frequency by frequency, the ``C x C`` linear system
+
+    Y[f] - L b delta_f0 = H[f] X[f],      H[f] = sum_j W[:, :, j] exp(+2 pi i f (j - p) / L)
+
+(a shift by ``s = j - p`` multiplies ``X[f]`` by ``exp(+2 pi i f s / L)``); in 2-D the same
+holds per axis. So the inverse is one batched complex LU solve over frequencies. Invertible
+convolutions in this Fourier sense: Karami et al., "Invertible Convolutional Flow", NeurIPS 2019;
+Finzi et al., "Invertible Convolutional Networks", ICML workshop 2019.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ._checks import check_pivots, check_positive_int, check_tensor
+from .base import Invertible, accumulate_grad
+from .linear import random_orthogonal
+
+_CONTRACT = {1: "aj,jcd->acd", 2: "aj,bk,jkcd->abcd"}  # phase matrices x kernel taps -> H
+
+
+class _CircularConv(Invertible):
+    """Shared implementation of :class:`CircularConv1d` and :class:`CircularConv2d`."""
+
+    spatial_dims: int
+
+    def __init__(self, channels: int, kernel_size: int, bias: bool = True) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        self.channels = check_positive_int(channels, name="channels", owner=owner)
+        self.kernel_size = check_positive_int(kernel_size, name="kernel_size", owner=owner)
+        d, k = self.spatial_dims, kernel_size
+        # left / right circular padding per axis: k - 1 in total keeps the spatial size.
+        self.pad = (k // 2, k - 1 - k // 2)
+        # Orthogonal centre tap plus small off-centre taps: ||H[f] - Q|| <~ 0.2, so every H[f]
+        # is within 20% of orthogonal (cond <~ 1.5) at initialisation.
+        weight = torch.randn(channels, channels, *(k,) * d) * (0.1 / (math.sqrt(channels) * k**d))
+        weight[(..., *(k // 2,) * d)] = random_orthogonal(channels)
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
+
+    def _check(self, t: Tensor, name: str) -> Tensor:
+        owner = type(self).__name__
+        axes = ("L",) if self.spatial_dims == 1 else ("H", "W")
+        layout = f"(batch, channels={self.channels}, {', '.join(axes)})"
+        t = check_tensor(
+            t, name=name, owner=owner, layout=layout, ndim=2 + self.spatial_dims,
+            sizes={1: self.channels}, dtype=self.weight.dtype,
+        )
+        if min(t.shape[2:]) < self.pad[0]:
+            raise ValueError(
+                f"{owner}: {name} has spatial size {tuple(t.shape[2:])}, but circular padding for "
+                f"kernel_size={self.kernel_size} needs every spatial size >= {self.pad[0]}; "
+                "use a larger input or a smaller kernel"
+            )
+        return t
+
+    def _circular_pad(self, t: Tensor, left: int, right: int) -> Tensor:
+        return F.pad(t, (left, right) * self.spatial_dims, mode="circular")
+
+    def _conv(self, t: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return (F.conv1d if self.spatial_dims == 1 else F.conv2d)(t, weight, bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self._check(x, "x")
+        return self._conv(self._circular_pad(x, *self.pad), self.weight, self.bias)
+
+    def frequency_response(self, size: Sequence[int]) -> Tensor:
+        """Return ``H[f]`` for spatial ``size``, shape ``(*nfreq, C, C)``, complex.
+
+        ``nfreq`` follows ``torch.fft.rfftn``: every frequency on leading axes, ``0 .. L//2``
+        on the last. Differentiable with respect to ``weight``.
+        """
+        size = tuple(int(n) for n in size)
+        if len(size) != self.spatial_dims:
+            raise ValueError(f"{type(self).__name__}: size must have {self.spatial_dims} entries, got {size}")
+        real = self.weight.dtype
+        taps = torch.arange(self.kernel_size, device=self.weight.device) - self.pad[0]
+        phases = []
+        for axis, n in enumerate(size):
+            freqs = torch.arange(n // 2 + 1 if axis == len(size) - 1 else n, device=self.weight.device)
+            # Reduce f * (j - p) mod n in integers first: the angle then stays in [0, 2 pi).
+            angle = (torch.outer(freqs, taps) % n).to(real) * (2 * math.pi / n)
+            phases.append(torch.polar(torch.ones_like(angle), angle))
+        kernel = self.weight.movedim((0, 1), (-2, -1)).to(phases[0].dtype)
+        return torch.einsum(_CONTRACT[self.spatial_dims], *phases, kernel)
+
+    def inverse(self, y: Tensor) -> Tensor:
+        y = self._check(y, "y")
+        batch, channels, size = y.shape[0], self.channels, tuple(y.shape[2:])
+        dims = tuple(range(2, y.ndim))
+        r = y - self.bias.view(channels, *(1,) * len(size)) if self.bias is not None else y
+        r_hat = torch.fft.rfftn(r, dim=dims)  # (batch, C, *nfreq)
+        response = self.frequency_response(size)  # (*nfreq, C, C)
+        nfreq = response.shape[:-2]
+        lu, pivots, _ = torch.linalg.lu_factor_ex(response.reshape(-1, channels, channels))
+
+        def where(k: int) -> str:
+            index = tuple(int(i) for i in torch.unravel_index(torch.tensor(k), nfreq))
+            return f"at frequency {index} (spatial size {size})"
+
+        check_pivots(torch.diagonal(lu, dim1=-2, dim2=-1), owner=type(self).__name__, where=where)
+        rhs = r_hat.reshape(batch, channels, -1).permute(2, 1, 0)  # (nfreq, C, batch)
+        x_hat = torch.linalg.lu_solve(lu, pivots, rhs).permute(2, 1, 0).reshape(batch, channels, *nfreq)
+        return torch.fft.irfftn(x_hat, s=size, dim=dims)
+
+    def reverse(self, y: Tensor, y_bar: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            x = self.inverse(y)
+            spatial = tuple(range(2, 2 + self.spatial_dims))
+            # Adjoint of circular correlation: correlate with the transposed, flipped kernel,
+            # padding mirrored (q left, p right), since x_bar[m] = sum_j W_j^T y_bar[m - j + p].
+            adjoint_kernel = self.weight.transpose(0, 1).flip(spatial)
+            x_bar = self._conv(self._circular_pad(y_bar, *reversed(self.pad)), adjoint_kernel, None)
+            if self.weight.requires_grad:
+                weight_grad = torch.nn.grad.conv1d_weight if self.spatial_dims == 1 else torch.nn.grad.conv2d_weight
+                accumulate_grad(self.weight, weight_grad(self._circular_pad(x, *self.pad), self.weight.shape, y_bar))
+            if self.bias is not None:
+                accumulate_grad(self.bias, y_bar.sum((0, *spatial)))
+        return x, x_bar
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, kernel_size={self.kernel_size}, bias={self.bias is not None}"
+
+
+class CircularConv1d(_CircularConv):
+    """Invertible same-size 1-D convolution with circular padding (see the module docstring).
+
+    ``y[c, n] = b[c] + sum_{d,j} W[c, d, j] x[d, (n + j - k//2) mod L]``; for odd ``k`` this is
+    ``torch.nn.Conv1d(C, C, k, padding=k//2, padding_mode='circular')``.
+    Shapes: ``x``, ``y``: ``(batch, C, L)`` with ``L >= k//2``; ``weight``: ``(C, C, k)``; ``bias``: ``(C,)``.
+    Inverse: FFT, one ``C x C`` complex LU solve per frequency (O(L C^3) to factor, O(batch L C^2)
+    to solve), inverse FFT. Reverse: ``x`` by the inverse, ``x_bar`` and the weight gradient by the
+    adjoint correlations, with no recomputed forward convolution.
+    Conditioning: cond of the layer is ``max_f sigma_max(H[f]) / min_f sigma_min(H[f])``; a
+    kernel singular at any frequency (e.g. taps summing to a singular matrix, at f = 0) has no
+    inverse and raises ``ValueError``; the pivot-ratio estimate warns above ``1/sqrt(eps)``.
+    """
+
+    spatial_dims = 1
+
+
+class CircularConv2d(_CircularConv):
+    """Invertible same-size 2-D convolution with circular padding on both axes.
+
+    ``y[c, m, n] = b[c] + sum_{d,i,j} W[c, d, i, j] x[d, (m + i - p) mod H, (n + j - p) mod W]``,
+    ``p = k // 2``; for odd ``k`` equal to ``torch.nn.Conv2d(..., padding=k//2, padding_mode='circular')``.
+    Shapes: ``x``, ``y``: ``(batch, C, H, W)``; ``weight``: ``(C, C, k, k)``; ``bias``: ``(C,)``.
+    Inverse by ``rfft2`` and one LU solve per 2-D frequency; conditioning as for :class:`CircularConv1d`.
+    """
+
+    spatial_dims = 2

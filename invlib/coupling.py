@@ -1,0 +1,136 @@
+"""Additive coupling (RevNet block): invertible for *any* sub-networks F and G.
+
+Gomez, Ren, Urtasun & Grosse, "The Reversible Residual Network: Backpropagation Without
+Storing Activations", NeurIPS 2017 (arXiv 1707.04585), section 3.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ._checks import check_tensor
+from .base import Invertible
+
+
+class AdditiveCoupling(Invertible):
+    """``y1 = x1 + F(x2)``, ``y2 = x2 + G(y1)``, with ``x = (x1, x2)`` split in halves along dim 1.
+
+    Inverse: ``x2 = y2 - G(y1)``, ``x1 = y1 - F(x2)``: only F and G are *evaluated*, never inverted,
+    so they can be arbitrary modules mapping the half shape ``(batch, C/2, ...)`` to itself.
+    Shapes: ``x``, ``y``: ``(batch, C, ...)`` with ``C`` even.
+
+    Reverse step, read off the inversion instead of re-running the forward: with ``y1`` a leaf,
+    ``g = G(y1)`` is evaluated once with autograd, giving both ``x2 = y2 - g`` and the VJP
+    ``y1_bar += G'(y1)^T y2_bar``; likewise ``f = F(x2)`` gives ``x1 = y1 - f`` and
+    ``x2_bar = y2_bar + F'(x2)^T y1_total``::
+
+        y1_total = y1_bar + (dG/dy1)^T y2_bar      x1_bar = y1_total
+        x2_bar   = y2_bar + (dF/dx2)^T y1_total
+
+    Cost: one forward and one backward of F and of G, i.e. about 4/3 of plain backprop's
+    forward + backward; re-running the forward after inverting (MemCNN, RevLib) costs 5/3.
+
+    Conditioning: the inverse subtracts what the forward added, so rounding error grows
+    additively with depth, but it grows with the magnitude of F and G outputs: if activations grow
+    through the stack, the reconstructed inputs lose relative precision. F and G must be
+    deterministic (no dropout) and must not update state in forward (BatchNorm running
+    statistics would be updated again when they are re-evaluated in reverse).
+    """
+
+    def __init__(self, F: nn.Module, G: nn.Module) -> None:
+        super().__init__()
+        for name, module in (("F", F), ("G", G)):
+            if not isinstance(module, nn.Module):
+                raise TypeError(f"AdditiveCoupling: {name} must be a torch.nn.Module, got {type(module).__name__}")
+        self.F = F
+        self.G = G
+
+    def _halves(self, t: Tensor, name: str) -> tuple[Tensor, Tensor]:
+        t = check_tensor(t, name=name, owner="AdditiveCoupling", layout="(batch, C, ...) with C even", min_ndim=2)
+        if t.shape[1] % 2:
+            raise ValueError(
+                f"AdditiveCoupling: {name} must have an even size along dim 1 to split in halves, got shape "
+                f"{tuple(t.shape)}; pad or project the input to an even number of features/channels"
+            )
+        half = t.shape[1] // 2
+        return t.narrow(1, 0, half), t.narrow(1, half, half)
+
+    @staticmethod
+    def _call(module: nn.Module, name: str, t: Tensor) -> Tensor:
+        out = module(t)
+        if out.shape != t.shape:
+            raise ValueError(
+                f"AdditiveCoupling: {name} must map the half shape {tuple(t.shape)} to itself, got {tuple(out.shape)}"
+            )
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        x1, x2 = self._halves(x, "x")
+        if torch.is_grad_enabled():
+            y1 = x1 + self._call(self.F, "F", x2)
+            y2 = x2 + self._call(self.G, "G", y1)
+            return torch.cat([y1, y2], dim=1)
+        # Without a tape (e.g. inside InvertibleSequential) the sums go straight into the halves
+        # of y: autograd cannot record out= writes, but here it need not, and the cat copy is saved.
+        y = torch.empty_like(x)
+        y1, y2 = y.narrow(1, 0, x1.shape[1]), y.narrow(1, x1.shape[1], x1.shape[1])
+        torch.add(x1, self._call(self.F, "F", x2), out=y1)
+        torch.add(x2, self._call(self.G, "G", y1), out=y2)
+        return y
+
+    def inverse(self, y: Tensor) -> Tensor:
+        y1, y2 = self._halves(y, "y")
+        x2 = y2 - self._call(self.G, "G", y1)
+        x1 = y1 - self._call(self.F, "F", x2)
+        return torch.cat([x1, x2], dim=1)
+
+    def reverse(self, y: Tensor, y_bar: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            return self._reverse(y, y_bar)
+
+    def _reverse(self, y: Tensor, y_bar: Tensor) -> tuple[Tensor, Tensor]:
+        y1, y2 = self._halves(y, "y")
+        half = y1.shape[1]
+        y1_bar, y2_bar = y_bar.narrow(1, 0, half), y_bar.narrow(1, half, half)
+        # x and x_bar are written half by half into buffers we own: no torch.cat copies.
+        x, x_bar = torch.empty_like(y), torch.empty_like(y)
+        x1, x2 = x.narrow(1, 0, half), x.narrow(1, half, half)
+        x1_bar, x2_bar = x_bar.narrow(1, 0, half), x_bar.narrow(1, half, half)
+
+        # ---- G stage: x2 = y2 - G(y1);  y1_total = y1_bar + G'(y1)^T y2_bar  (stored in x1_bar)
+        y1_leaf = y1.detach().requires_grad_()
+        with torch.enable_grad():
+            g = self._call(self.G, "G", y1_leaf)
+        torch.sub(y2, g.detach(), out=x2)
+        _backward(g, y2_bar)
+        del g
+        _add_grad(y1_bar, y1_leaf, out=x1_bar)
+        del y1_leaf
+
+        # ---- F stage: x1 = y1 - F(x2);  x2_bar = y2_bar + F'(x2)^T y1_total
+        # x2's leaf shares x's version counter, so x1 is written only after backward has
+        # consumed F's graph (which saved x2).
+        x2_leaf = x2.detach().requires_grad_()
+        with torch.enable_grad():
+            f = self._call(self.F, "F", x2_leaf)
+        _backward(f, x1_bar)
+        f = f.detach()
+        _add_grad(y2_bar, x2_leaf, out=x2_bar)
+        del x2_leaf
+        torch.sub(y1, f, out=x1)
+        return x, x_bar
+
+
+def _backward(out: Tensor, out_bar: Tensor) -> None:
+    """Back-propagate ``out_bar`` from ``out``, accumulating into leaves' ``.grad`` (skip if constant)."""
+    if out.requires_grad:
+        torch.autograd.backward(out, out_bar)
+
+
+def _add_grad(bar: Tensor, leaf: Tensor, *, out: Tensor) -> None:
+    """``out = bar + leaf.grad``, where a missing ``.grad`` (output independent of the leaf) is zero."""
+    if leaf.grad is None:
+        out.copy_(bar)
+    else:
+        torch.add(bar, leaf.grad, out=out)

@@ -1,0 +1,82 @@
+"""A dense invertible layer ``y = x W^T + b`` with a square weight, inverted by an LU solve.
+
+Unlike coupling blocks (RevNet, Gomez et al. 2017, arXiv 1707.04585), a general dense layer has
+no cheap structural inverse: ``inverse`` factorises ``W = P L U`` (O(features^3)) and solves
+against it (O(batch features^2)); ``W^{-1}`` is never formed, because an explicit inverse is
+both slower and less accurate than two triangular solves.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ._checks import check_pivots, check_positive_int, check_tensor
+from .base import Invertible, accumulate_grad
+
+
+def random_orthogonal(n: int, dtype: torch.dtype | None = None) -> Tensor:
+    """Return an ``n x n`` orthogonal matrix drawn uniformly (Haar) from O(n).
+
+    QR of a Gaussian matrix, with each column of Q multiplied by the sign of ``R_ii``: without that
+    fix the distribution depends on the QR routine's sign convention (Mezzadri 2007,
+    arXiv math-ph/0609050). cond(Q) = 1, the best possible starting point for an inverse.
+    """
+    q, r = torch.linalg.qr(torch.randn(n, n, dtype=dtype))
+    signs = torch.sign(torch.diagonal(r))
+    signs[signs == 0] = 1.0
+    return (q * signs).contiguous()  # LAPACK's QR is column-major; parameters should not be
+
+
+class InvertibleLinear(Invertible):
+    """Dense layer ``y = x W^T + b`` with square ``W``; inverse ``x = (y - b) W^{-T}`` by LU.
+
+    Shapes: ``x``, ``y``: ``(batch, features)``; ``weight``: ``(features, features)``;
+    ``bias``: ``(features,)`` or ``None``.
+
+    Reverse step (closed form, no recomputed forward):
+
+        x = (y - b) W^{-T},   x_bar = y_bar W,   W_bar = y_bar^T x,   b_bar = sum_batch y_bar.
+
+    Conditioning: ``W`` starts orthogonal (cond 1), but training can drive it towards singular.
+    ``inverse`` raises ``ValueError`` if ``W`` is singular to working precision and warns if the
+    LU pivot ratio (a cheap estimate of cond(W)) exceeds ``1/sqrt(eps)``. Do not use this layer
+    when ``features`` is large enough that the O(features^3) factorisation per backward matters;
+    :class:`invlib.LULinear` keeps ``W`` factorised instead.
+    """
+
+    def __init__(self, features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.features = check_positive_int(features, name="features", owner="InvertibleLinear")
+        self.weight = nn.Parameter(random_orthogonal(features))
+        self.bias = nn.Parameter(torch.zeros(features)) if bias else None
+
+    def _check(self, t: Tensor, name: str) -> Tensor:
+        return check_tensor(
+            t, name=name, owner="InvertibleLinear", layout=f"(batch, features={self.features})",
+            ndim=2, sizes={1: self.features}, dtype=self.weight.dtype,
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(self._check(x, "x"), self.weight, self.bias)
+
+    def inverse(self, y: Tensor) -> Tensor:
+        y = self._check(y, "y")
+        lu, pivots, _ = torch.linalg.lu_factor_ex(self.weight)
+        check_pivots(torch.diagonal(lu).unsqueeze(0), owner="InvertibleLinear")
+        r = y - self.bias if self.bias is not None else y
+        # x W^T = r is the right-sided, transposed system X A^H = B with A = W (real, so H = T).
+        return torch.linalg.lu_solve(lu, pivots, r, left=False, adjoint=True)
+
+    def reverse(self, y: Tensor, y_bar: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            x = self.inverse(y)
+            x_bar = y_bar @ self.weight
+            accumulate_grad(self.weight, y_bar.mT @ x)
+            if self.bias is not None:
+                accumulate_grad(self.bias, y_bar.sum(0))
+        return x, x_bar
+
+    def extra_repr(self) -> str:
+        return f"features={self.features}, bias={self.bias is not None}"

@@ -1,0 +1,97 @@
+"""A dense invertible layer stored in factored form ``W = P L (U + diag(s))`` (Glow's LU layer).
+
+Keeping the factors as the parameters makes the inverse two triangular solves, with no
+factorisation at all, and makes ``log|det W| = sum(log|s|)`` free. Kingma & Dhariwal, "Glow:
+Generative Flow with Invertible 1x1 Convolutions", 2018 (arXiv 1807.03039), section 3.2.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ._checks import check_pivots, check_positive_int, check_tensor
+from .base import Invertible, accumulate_grad
+from .linear import random_orthogonal
+
+
+class LULinear(Invertible):
+    """Dense layer ``y = x W^T + b`` with ``W = P L (U + diag(s))``, ``s = sign * exp(log_s)``.
+
+    Parameters: ``lower`` (only its strictly lower part is used; ``L`` has a unit diagonal),
+    ``upper`` (only its strictly upper part is used), ``log_s`` and ``bias``. Buffers: ``perm``
+    (``P[i, perm[i]] = 1``, fixed) and ``sign`` (fixed, so ``s`` never crosses zero during training).
+    Shapes: ``x``, ``y``: ``(batch, features)``; ``weight`` (assembled on access): ``(features, features)``.
+
+    Inverse: with ``r = y - b``, solve ``z L^T = r P`` (unit upper triangular) and then
+    ``x (U + diag s)^T = z`` (lower triangular), both by ``torch.linalg.solve_triangular``.
+
+    Conditioning: the pivots of this LU are ``s`` itself, so ``max|s| / min|s|`` is the condition
+    estimate checked at inverse time (error if singular to working precision, warning above
+    ``1/sqrt(eps)``). It ignores the conditioning of ``L``, which is not bounded here as it is
+    under partial pivoting: an ``L`` with large entries makes ``W`` worse than the estimate says.
+    """
+
+    def __init__(self, features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.features = check_positive_int(features, name="features", owner="LULinear")
+        p, lower, upper = torch.linalg.lu(random_orthogonal(features))
+        s = torch.diagonal(upper)
+        self.register_buffer("perm", p.argmax(dim=1))
+        self.register_buffer("sign", torch.sign(s))
+        self.lower = nn.Parameter(torch.tril(lower, -1).contiguous())  # LAPACK output is column-major
+        self.upper = nn.Parameter(torch.triu(upper, 1).contiguous())
+        self.log_s = nn.Parameter(torch.log(s.abs()))
+        self.bias = nn.Parameter(torch.zeros(features)) if bias else None
+
+    def _factors(self) -> tuple[Tensor, Tensor]:
+        """Return ``L`` (unit lower) and ``U + diag(s)`` (upper) as dense matrices."""
+        eye = torch.eye(self.features, dtype=self.lower.dtype, device=self.lower.device)
+        lower = torch.tril(self.lower, -1) + eye
+        upper = torch.triu(self.upper, 1) + torch.diag(self.sign * torch.exp(self.log_s))
+        return lower, upper
+
+    @property
+    def weight(self) -> Tensor:
+        """The assembled ``W = P L (U + diag(s))``, differentiable w.r.t. the factors."""
+        lower, upper = self._factors()
+        return (lower @ upper)[self.perm]  # (P M)[i] = M[perm[i]]
+
+    def _check(self, t: Tensor, name: str) -> Tensor:
+        return check_tensor(
+            t, name=name, owner="LULinear", layout=f"(batch, features={self.features})",
+            ndim=2, sizes={1: self.features}, dtype=self.log_s.dtype,
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(self._check(x, "x"), self.weight, self.bias)
+
+    def _solve(self, y: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
+        check_pivots(torch.diagonal(upper).unsqueeze(0), owner="LULinear")
+        r = y - self.bias if self.bias is not None else y
+        r_p = r[:, torch.argsort(self.perm)]  # (r P)[:, j] = r[:, i] for the i with perm[i] = j
+        z = torch.linalg.solve_triangular(lower.mT, r_p, upper=True, left=False, unitriangular=True)
+        return torch.linalg.solve_triangular(upper.mT, z, upper=False, left=False)
+
+    def inverse(self, y: Tensor) -> Tensor:
+        return self._solve(self._check(y, "y"), *self._factors())
+
+    def reverse(self, y: Tensor, y_bar: Tensor) -> tuple[Tensor, Tensor]:
+        # The factors -> W graph is O(features^2) memory and cheap; W_bar = y_bar^T x is pushed
+        # through it by autograd instead of hand-deriving the gradients of L, U and log_s.
+        with torch.enable_grad():
+            lower, upper = self._factors()
+            weight = (lower @ upper)[self.perm]
+        with torch.no_grad():
+            x = self._solve(self._check(y, "y"), lower.detach(), upper.detach())
+            x_bar = y_bar @ weight.detach()
+            weight_bar = y_bar.mT @ x
+            if self.bias is not None:
+                accumulate_grad(self.bias, y_bar.sum(0))
+        if weight.requires_grad:
+            torch.autograd.backward(weight, weight_bar)
+        return x, x_bar
+
+    def extra_repr(self) -> str:
+        return f"features={self.features}, bias={self.bias is not None}"

@@ -1,0 +1,116 @@
+"""A stack of invertible layers whose backward pass needs no stored activations.
+
+Plain backprop keeps every layer's saved inputs alive from forward to backward: memory grows
+linearly with depth. Here the forward keeps only the final output ``y_D``; backward walks the
+layers in reverse, rebuilding each input from its output with :meth:`Invertible.reverse`:
+
+    (x_{k-1}, x_bar_{k-1}) = layer_k.reverse(x_k, x_bar_k),   k = D, ..., 1,   x_D = y, x_bar_D = dL/dy,
+
+so activation memory is O(1) in depth (one activation and one cotangent at a time).
+Gomez et al., "The Reversible Residual Network", 2017 (arXiv 1707.04585), section 4.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from .base import Invertible
+
+
+class InvertibleSequential(Invertible):
+    """Composition ``y = f_D(... f_1(x))`` with constant-memory backward; ``inverse`` runs it backwards.
+
+    Iterable and indexable like ``nn.ModuleList``, so ``for layer in net: x = layer(x)`` is the
+    plain-backprop baseline over the same layers. ``x``: one tensor, the first layer's input shape.
+
+    ``forward(x)`` runs the layers as is when autograd has nothing to record (grad disabled, or
+    neither ``x`` nor any parameter requires grad). Otherwise it runs them under ``no_grad``
+    inside one ``autograd.Function`` that saves only ``y``, and backward calls
+    ``layer.reverse`` from the last layer to the first.
+
+    Limitations (by design; use the plain loop when they matter):
+
+    * Parameter gradients are accumulated into ``.grad`` *by side effect* during backward, as
+      soon as each layer is reached, so that they never exist twice. Parameters are not inputs of
+      the autograd graph: ``torch.autograd.grad(loss, params)`` does not see them (it raises for
+      unused inputs), ``torch.autograd.grad(loss, x)`` still fills ``.grad`` of the parameters,
+      and per-parameter tensor hooks (``param.register_hook``) are not called. Use ``loss.backward()``.
+    * No double backward (``create_graph=True``): the backward is ``once_differentiable``.
+    * The input must be a single tensor, and every layer must be deterministic and stateless in
+      forward (no dropout, no BatchNorm statistics), since reverse re-evaluates sub-networks.
+    * Gradients are as accurate as the reconstruction: each inversion adds rounding error scaled
+      by the layer's condition number, so badly conditioned or very deep stacks drift from
+      plain backprop (tests check agreement to 1e-9 relative in float64 up to depth 33).
+    """
+
+    def __init__(self, *layers: Invertible) -> None:
+        super().__init__()
+        for index, layer in enumerate(layers):
+            if not isinstance(layer, Invertible):
+                raise TypeError(
+                    f"InvertibleSequential: layer {index} must be an invlib.Invertible, got {type(layer).__name__}; "
+                    "wrap non-invertible sub-networks in invlib.AdditiveCoupling"
+                )
+        self.layers = nn.ModuleList(layers)
+
+    def __iter__(self) -> Iterator[Invertible]:
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, index: int | slice) -> Invertible:
+        if isinstance(index, slice):
+            return InvertibleSequential(*self.layers[index])
+        return self.layers[index]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"InvertibleSequential: x must be a single torch.Tensor, got {type(x).__name__}")
+        records = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        if not records or len(self.layers) == 0:
+            for layer in self.layers:
+                x = layer(x)
+            return x
+        # The zero-size dummy requires grad so that autograd calls backward even when x does not;
+        # the parameters are deliberately *not* inputs (autograd would then hold all their
+        # gradients until backward ends instead of letting reverse accumulate them one by one).
+        dummy = torch.empty(0, device=x.device, requires_grad=True)
+        return _ReverseByInversion.apply(x, dummy, tuple(self.layers))
+
+    def inverse(self, y: Tensor) -> Tensor:
+        for layer in reversed(self.layers):
+            y = layer.inverse(y)
+        return y
+
+    def reverse(self, y: Tensor, y_bar: Tensor) -> tuple[Tensor, Tensor]:
+        for layer in reversed(self.layers):
+            y, y_bar = layer.reverse(y, y_bar)
+        return y, y_bar
+
+
+class _ReverseByInversion(torch.autograd.Function):
+    """Forward without a tape; backward by inverting the layers one at a time."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, dummy: Tensor, layers: tuple[Invertible, ...]) -> Tensor:
+        # ---- forward: autograd is off inside Function.forward, so nothing is taped
+        for layer in layers:
+            x = layer(x)
+        ctx.layers = layers
+        ctx.save_for_backward(x)  # the only tensor kept from forward to backward
+        return x
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, y_bar: Tensor) -> tuple[Tensor | None, None, None]:
+        (y,) = ctx.saved_tensors
+        # ---- reverse sweep: rebinding y drops each rebuilt activation once its input exists
+        for layer in reversed(ctx.layers):
+            y, y_bar = layer.reverse(y, y_bar)
+        return (y_bar if ctx.needs_input_grad[0] else None), None, None
