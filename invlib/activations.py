@@ -46,7 +46,7 @@ class LeakyReLU(Invertible):
         y = _check(y, "y", "LeakyReLU")
         return torch.where(y >= 0, y, y / self.negative_slope)
 
-    def reverse(self, y: Tensor, y_bar: Tensor) -> tuple[Tensor, Tensor]:
+    def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
             positive = y >= 0
             x = torch.where(positive, y, y / self.negative_slope)
@@ -72,7 +72,7 @@ class Asinh(Invertible):
     def inverse(self, y: Tensor) -> Tensor:
         return torch.sinh(_check(y, "y", "Asinh"))
 
-    def reverse(self, y: Tensor, y_bar: Tensor) -> tuple[Tensor, Tensor]:
+    def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
             return torch.sinh(y), y_bar / torch.cosh(y)
 
@@ -106,7 +106,7 @@ class ELU(Invertible):
             )
         return torch.where(y > 0, y, torch.log1p(y / self.alpha))
 
-    def reverse(self, y: Tensor, y_bar: Tensor) -> tuple[Tensor, Tensor]:
+    def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
             x = self.inverse(y)
             x_bar = torch.where(y > 0, y_bar, y_bar * (y + self.alpha))

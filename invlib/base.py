@@ -29,6 +29,9 @@ class Invertible(nn.Module):
       while *accumulating* ``(dy/dtheta)^T y_bar`` into each parameter's ``.grad`` right away
       (created when ``None``, added in place otherwise). Nothing is held back until the end of
       backward, so a network's parameter gradients exist only once, in ``.grad``.
+      With ``overwrite=True`` the caller hands ``y`` and ``y_bar`` over: the layer may reuse
+      their storage for ``x`` and ``x_bar`` (in place), which keeps a deep backward at a fixed,
+      small number of activation-sized buffers. Layers are free to ignore it.
 
     Shapes: ``y`` and ``y_bar`` have the shape of the layer's output, ``x`` and ``x_bar`` that of
     its input. ``reverse`` runs with gradient recording off for its results: they are plain
@@ -41,7 +44,7 @@ class Invertible(nn.Module):
     def inverse(self, y: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} must implement inverse(y)")
 
-    def reverse(self, y: Tensor, y_bar: Tensor) -> tuple[Tensor, Tensor]:
+    def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
         """Rebuild ``x`` from ``y`` and back-propagate ``y_bar`` through the layer.
 
         Generic version: invert, then re-run the forward from ``x`` under autograd and call

@@ -116,7 +116,7 @@ class _CircularConv(Invertible):
         x_hat = torch.linalg.lu_solve(lu, pivots, rhs).permute(2, 1, 0).reshape(batch, channels, *nfreq)
         return torch.fft.irfftn(x_hat, s=size, dim=dims)
 
-    def reverse(self, y: Tensor, y_bar: Tensor) -> tuple[Tensor, Tensor]:
+    def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
             x = self.inverse(y)
             spatial = tuple(range(2, 2 + self.spatial_dims))

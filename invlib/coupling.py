@@ -85,41 +85,72 @@ class AdditiveCoupling(Invertible):
         x1 = y1 - self._call(self.F, "F", x2)
         return torch.cat([x1, x2], dim=1)
 
-    def reverse(self, y: Tensor, y_bar: Tensor) -> tuple[Tensor, Tensor]:
+    def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
-            return self._reverse(y, y_bar)
+            return self._reverse(y, y_bar, overwrite)
 
-    def _reverse(self, y: Tensor, y_bar: Tensor) -> tuple[Tensor, Tensor]:
+    def _reverse(self, y: Tensor, y_bar: Tensor, overwrite: bool) -> tuple[Tensor, Tensor]:
         y1, y2 = self._halves(y, "y")
         half = y1.shape[1]
         y1_bar, y2_bar = y_bar.narrow(1, 0, half), y_bar.narrow(1, half, half)
-        # x and x_bar are written half by half into buffers we own: no torch.cat copies.
-        x, x_bar = torch.empty_like(y), torch.empty_like(y)
+        # x and x_bar are written half by half: into y and y_bar themselves when the caller hands
+        # them over, else into fresh buffers. Either way no torch.cat copies.
+        x, x_bar = (y, y_bar) if overwrite else (torch.empty_like(y), torch.empty_like(y_bar))
         x1, x2 = x.narrow(1, 0, half), x.narrow(1, half, half)
         x1_bar, x2_bar = x_bar.narrow(1, 0, half), x_bar.narrow(1, half, half)
 
         # ---- G stage: x2 = y2 - G(y1);  y1_total = y1_bar + G'(y1)^T y2_bar  (stored in x1_bar)
-        y1_leaf = y1.detach().requires_grad_()
-        with torch.enable_grad():
-            g = self._call(self.G, "G", y1_leaf)
-        torch.sub(y2, g.detach(), out=x2)
+        # The leaves alias y's storage but own their version counters (_alias), so writing the
+        # other half of the same buffer before the backward does not trip autograd's checks.
+        y1_leaf = _alias(y1).requires_grad_()
+        g, g_saved = _run_recording_saved(self.G, "G", y1_leaf, self._call)
+        torch.sub(y2, g, out=x2)
+        _release_unless_saved(g, g_saved)
         _backward(g, y2_bar)
         del g
         _add_grad(y1_bar, y1_leaf, out=x1_bar)
         del y1_leaf
 
         # ---- F stage: x1 = y1 - F(x2);  x2_bar = y2_bar + F'(x2)^T y1_total
-        # x2's leaf shares x's version counter, so x1 is written only after backward has
-        # consumed F's graph (which saved x2).
-        x2_leaf = x2.detach().requires_grad_()
-        with torch.enable_grad():
-            f = self._call(self.F, "F", x2_leaf)
-        _backward(f, x1_bar)
-        f = f.detach()
-        _add_grad(y2_bar, x2_leaf, out=x2_bar)
-        del x2_leaf
+        x2_leaf = _alias(x2).requires_grad_()
+        f, f_saved = _run_recording_saved(self.F, "F", x2_leaf, self._call)
         torch.sub(y1, f, out=x1)
+        _release_unless_saved(f, f_saved)
+        _backward(f, x1_bar)
+        del f
+        _add_grad(y2_bar, x2_leaf, out=x2_bar)
         return x, x_bar
+
+
+def _alias(t: Tensor) -> Tensor:
+    """A tensor viewing ``t``'s memory with a version counter of its own (not a view of ``t``)."""
+    return torch.empty(0, dtype=t.dtype, device=t.device).set_(
+        t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
+
+
+def _run_recording_saved(module: nn.Module, name: str, t: Tensor, call) -> tuple[Tensor, set[int]]:
+    """``module(t)`` with grad on, plus the storages (by address) its graph saved for backward."""
+    saved: set[int] = set()
+
+    def pack(s: Tensor) -> Tensor:
+        saved.add(s.untyped_storage().data_ptr())
+        return s
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda s: s):
+        out = call(module, name, t)
+    return out, saved
+
+
+def _release_unless_saved(out: Tensor, saved: set[int]) -> None:
+    """Free ``out``'s memory now if its graph does not need it (its values are already used).
+
+    ``backward(out, out_bar)`` reads only ``out``'s shape, so for a sub-network whose last op
+    saves its input (Linear, LeakyReLU) rather than its output (Tanh, Sigmoid), this drops one
+    half-activation from the reverse step's peak.
+    """
+    storage = out.untyped_storage()
+    if out.requires_grad and out._base is None and storage.data_ptr() not in saved:
+        storage.resize_(0)
 
 
 def _backward(out: Tensor, out_bar: Tensor) -> None:

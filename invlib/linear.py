@@ -69,7 +69,7 @@ class InvertibleLinear(Invertible):
         # x W^T = r is the right-sided, transposed system X A^H = B with A = W (real, so H = T).
         return torch.linalg.lu_solve(lu, pivots, r, left=False, adjoint=True)
 
-    def reverse(self, y: Tensor, y_bar: Tensor) -> tuple[Tensor, Tensor]:
+    def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
             x = self.inverse(y)
             x_bar = y_bar @ self.weight

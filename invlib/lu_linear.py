@@ -45,6 +45,28 @@ class LULinear(Invertible):
         self.log_s = nn.Parameter(torch.log(s.abs()))
         self.bias = nn.Parameter(torch.zeros(features)) if bias else None
 
+    @classmethod
+    def from_weight(cls, weight: Tensor, bias: Tensor | None = None) -> LULinear:
+        """The layer whose assembled ``weight`` equals ``weight`` (``(n, n)``), via ``P L U``
+        with partial pivoting (``torch.linalg.lu``). ``ValueError`` if ``weight`` is not square
+        or has a zero pivot (it is singular and has no such factorisation with ``s != 0``)."""
+        if weight.ndim != 2 or weight.shape[0] != weight.shape[1]:
+            raise ValueError(f"LULinear.from_weight: weight must be square (n, n), got {tuple(weight.shape)}")
+        weight = weight.detach()
+        layer = cls(weight.shape[0], bias=bias is not None).to(dtype=weight.dtype, device=weight.device)
+        p, lower, upper = torch.linalg.lu(weight)
+        check_pivots(torch.diagonal(upper).unsqueeze(0), owner="LULinear.from_weight")
+        s = torch.diagonal(upper)
+        with torch.no_grad():
+            layer.perm.copy_(p.argmax(dim=1))
+            layer.sign.copy_(torch.sign(s))
+            layer.lower.copy_(torch.tril(lower, -1))
+            layer.upper.copy_(torch.triu(upper, 1))
+            layer.log_s.copy_(torch.log(s.abs()))
+            if bias is not None:
+                layer.bias.copy_(bias.detach())
+        return layer
+
     def _factors(self) -> tuple[Tensor, Tensor]:
         """Return ``L`` (unit lower) and ``U + diag(s)`` (upper) as dense matrices."""
         eye = torch.eye(self.features, dtype=self.lower.dtype, device=self.lower.device)
@@ -77,7 +99,7 @@ class LULinear(Invertible):
     def inverse(self, y: Tensor) -> Tensor:
         return self._solve(self._check(y, "y"), *self._factors())
 
-    def reverse(self, y: Tensor, y_bar: Tensor) -> tuple[Tensor, Tensor]:
+    def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
         # The factors -> W graph is O(features^2) memory and cheap; W_bar = y_bar^T x is pushed
         # through it by autograd instead of hand-deriving the gradients of L, U and log_s.
         with torch.enable_grad():

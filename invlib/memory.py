@@ -83,6 +83,8 @@ def _storages(tree: Any) -> dict[int, torch.UntypedStorage]:
         if isinstance(leaf, Tensor) and leaf.layout == torch.strided:
             storage = leaf.untyped_storage()
             found[id(storage)] = storage
+        elif isinstance(leaf, torch.UntypedStorage):  # e.g. Tensor.set_(storage, ...)
+            found[id(leaf)] = leaf
     return found
 
 

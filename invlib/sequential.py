@@ -88,9 +88,9 @@ class InvertibleSequential(Invertible):
             y = layer.inverse(y)
         return y
 
-    def reverse(self, y: Tensor, y_bar: Tensor) -> tuple[Tensor, Tensor]:
-        for layer in reversed(self.layers):
-            y, y_bar = layer.reverse(y, y_bar)
+    def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
+        for k, layer in enumerate(reversed(self.layers)):
+            y, y_bar = layer.reverse(y, y_bar, overwrite=overwrite or k > 0)
         return y, y_bar
 
 
@@ -110,7 +110,9 @@ class _ReverseByInversion(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, y_bar: Tensor) -> tuple[Tensor | None, None, None]:
         (y,) = ctx.saved_tensors
-        # ---- reverse sweep: rebinding y drops each rebuilt activation once its input exists
-        for layer in reversed(ctx.layers):
-            y, y_bar = layer.reverse(y, y_bar)
+        # ---- reverse sweep. The saved output and the incoming cotangent belong to the caller
+        # and the engine, so the last layer writes into fresh buffers; every earlier layer then
+        # reuses those two buffers in place (overwrite=True) instead of allocating new ones.
+        for k, layer in enumerate(reversed(ctx.layers)):
+            y, y_bar = layer.reverse(y, y_bar, overwrite=k > 0)
         return (y_bar if ctx.needs_input_grad[0] else None), None, None

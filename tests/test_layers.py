@@ -227,3 +227,20 @@ def test_layers_move_between_dtypes_like_any_module():
         moved = layer.to(torch.float64)
         assert all(p.dtype == torch.float64 for p in moved.parameters())
         assert all(p.dtype == torch.float32 for p in moved.float().parameters())
+
+
+def test_lulinear_from_weight_reproduces_the_weight_and_rejects_singular():
+    import invlib
+
+    torch.manual_seed(3)
+    W = torch.randn(6, 6, dtype=torch.float64)
+    b = torch.randn(6, dtype=torch.float64)
+    layer = invlib.LULinear.from_weight(W, b)
+    torch.testing.assert_close(layer.weight, W, rtol=0, atol=1e-13)
+    x = torch.randn(4, 6, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), x @ W.T + b, rtol=0, atol=1e-12)
+    torch.testing.assert_close(layer.inverse(layer(x)), x, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="square"):
+        invlib.LULinear.from_weight(torch.ones(2, 3))
+    with pytest.raises(ValueError, match="singular"):
+        invlib.LULinear.from_weight(torch.tensor([[1.0, 2.0], [2.0, 4.0]], dtype=torch.float64))

@@ -42,6 +42,12 @@ STACKS = {
         torch.randn(3, 4),
     ),
     "coupling": lambda d: ([invlib.AdditiveCoupling(_mlp(2), _mlp(2)) for _ in range(d)], torch.randn(3, 4)),
+    # Tanh saves its output, so the reverse step must keep F(x2) and G(y1) alive for backward.
+    "coupling+tanh": lambda d: (
+        [invlib.AdditiveCoupling(nn.Sequential(nn.Linear(2, 2), nn.Tanh()), nn.Sequential(nn.Linear(2, 2), nn.Tanh()))
+         for _ in range(d)],
+        torch.randn(3, 4),
+    ),
     "conv1d+leaky": lambda d: (
         [m for _ in range(d) for m in (_perturbed(invlib.CircularConv1d(2, 3)), invlib.LeakyReLU(0.5))],
         torch.randn(2, 2, 5),
