@@ -99,7 +99,9 @@ class _ReverseByInversion(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, dummy: Tensor, layers: tuple[Invertible, ...]) -> Tensor:
-        # ---- forward: autograd is off inside Function.forward, so nothing is taped
+        # ---- forward: autograd is off inside Function.forward, so nothing is taped. Detaching
+        # also keeps module hooks (e.g. FlopCounterMode's tracker) from treating x as a graph input.
+        x = x.detach()
         for layer in layers:
             x = layer(x)
         ctx.layers = layers
