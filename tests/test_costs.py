@@ -220,3 +220,60 @@ def test_value_errors(call, match):
 def test_type_errors(call, match):
     with pytest.raises(TypeError, match=match):
         call()
+
+
+# ---- coupling blocks and checkpointing ----------------------------------------------------------
+
+def test_coupling_counts_by_hand():
+    c = costs.coupling(8, depth=3, batch=5)
+    # params: 2 * 4*4 * 3 = 96; post cache 8*5*3 = 120; per block 8*5 + 4*5 + 2*4*5 = 100
+    assert (c.params, c.activations, c.layer_output) == (96, 120, 40)
+    assert (c.saved_per_layer, c.saved) == (100, 300)
+    assert (c.flops_forward, c.flops_backward) == (2 * 5 * 4 * 4 * 2 * 3, 2 * 2 * 5 * 4 * 4 * 2 * 3)
+    assert costs.coupling(8, activation="identity").saved_per_layer == 8 + 4
+    with pytest.raises(ValueError, match="even"):
+        costs.coupling(7)
+
+
+@pytest.mark.parametrize("activation", ["leaky_relu", "tanh", "identity"])
+def test_coupling_saved_matches_hooks(activation):
+    import invlib
+
+    torch.manual_seed(0)
+    w, d, B = 8, 4, 3
+    mlp = lambda: nn.Sequential(nn.Linear(w // 2, w // 2, bias=False, dtype=F64), ACTS[activation]())
+    net = nn.Sequential(*[invlib.AdditiveCoupling(mlp(), mlp()) for _ in range(d)])
+    x = torch.randn(B, w, dtype=F64)
+    saved = costs.autograd_saved(net, x)
+    # The model counts each block's output (kept by the next block); measured, the last output is
+    # saved by nothing inside the stack but the first block saves the input x instead: same total.
+    model = costs.coupling(w, depth=d, batch=B, activation=activation)
+    assert saved.activation_elements == model.saved
+
+
+def test_checkpoint_elements_by_hand():
+    c = costs.dense(10, depth=16, batch=2)               # layer_output 20, saved_per_layer 40
+    assert costs.checkpoint_elements(c) == 4 * 20 + 4 * 40            # runs of 4, 4, 4, 4
+    assert costs.checkpoint_elements(c, segments=2) == 2 * 20 + 8 * 40
+    assert costs.checkpoint_elements(c, segments=3) == 3 * 20 + 6 * 40  # runs of 5, 5, 6
+    assert costs.checkpoint_elements(c, segments=16) == 16 * 20 + 1 * 40
+    assert costs.checkpoint_elements(costs.dense(10, depth=1)) == 10 + 20
+    # Linear and LeakyReLU listed separately: 32 modules in 6 runs of 5, 5, 5, 5, 5, 7
+    assert costs.checkpoint_elements(c, modules_per_layer=2) == 6 * 20 + 7 * 20
+
+
+def test_checkpoint_structure_matches_measured_checkpointing():
+    """checkpoint_sequential really keeps what the model assumes: run inputs plus a plain last run."""
+    from invlib.memory import MemoryTracker
+
+    torch.manual_seed(0)
+    w, d, B = 32, 16, 8
+    net = nn.Sequential(*[m for _ in range(d) for m in (nn.Linear(w, w, bias=False), nn.LeakyReLU())])
+    x = torch.randn(B, w, requires_grad=True)
+    with MemoryTracker() as mem:
+        y = torch.utils.checkpoint.checkpoint_sequential(net, 6, x, use_reentrant=False)
+    # 32 modules, runs of 5 x 5 then 7: inputs of runs 2..6 (5 tensors; run 1's is x), and the
+    # last run's 7 modules each save their input (the first is run 6's input, counted) + output.
+    out = w * B * 4
+    assert mem.live_bytes == (5 + 6 + 1) * out
+    del y
