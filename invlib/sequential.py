@@ -40,7 +40,10 @@ class InvertibleSequential(Invertible):
       the autograd graph: ``torch.autograd.grad(loss, params)`` does not see them (it raises for
       unused inputs), ``torch.autograd.grad(loss, x)`` still fills ``.grad`` of the parameters,
       and per-parameter tensor hooks (``param.register_hook``) are not called. Use ``loss.backward()``.
-    * No double backward (``create_graph=True``): the backward is ``once_differentiable``.
+    * No double backward (``create_graph=True``): the backward is ``once_differentiable``; and
+      one backward per forward (``retain_graph=True`` is refused): the output's memory is
+      released during the first backward.
+    * Modifying the output in place before backward raises, as it would for a saved tensor.
     * The input must be a single tensor, and every layer must be deterministic and stateless in
       forward (no dropout, no BatchNorm statistics), since reverse re-evaluates sub-networks.
     * Gradients are as accurate as the reconstruction: each inversion adds rounding error scaled
@@ -105,16 +108,52 @@ class _ReverseByInversion(torch.autograd.Function):
         for layer in layers:
             x = layer(x)
         ctx.layers = layers
-        ctx.save_for_backward(x)  # the only tensor kept from forward to backward
+        # The only tensor kept from forward to backward. It is held in a list rather than by
+        # save_for_backward so that backward can drop it after the first reverse step: once the
+        # caller has let go of the output, its memory is then free for the rest of the sweep.
+        # A detached alias creates no reference cycle and shares the output's version counter,
+        # which stands in for save_for_backward's check against in-place changes.
+        ctx.output = [x.detach()]
+        ctx.output_version = x._version
         return x
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, y_bar: Tensor) -> tuple[Tensor | None, None, None]:
-        (y,) = ctx.saved_tensors
-        # ---- reverse sweep. The saved output and the incoming cotangent belong to the caller
-        # and the engine, so the last layer writes into fresh buffers; every earlier layer then
-        # reuses those two buffers in place (overwrite=True) instead of allocating new ones.
+        if not ctx.output:
+            raise RuntimeError(
+                "InvertibleSequential: backward ran twice through the same forward pass; its output "
+                "is released during the first backward (retain_graph=True is not supported). "
+                "Run the forward pass again before a second backward."
+            )
+        y = ctx.output.pop()
+        if y._version != ctx.output_version:
+            raise RuntimeError(
+                "InvertibleSequential: the output of the forward pass was modified in place before "
+                "backward, so the activations cannot be rebuilt from it; clone the output before "
+                "modifying it (y = net(x).clone())."
+            )
+        # ---- reverse sweep. The incoming cotangent belongs to the engine, and the output to the
+        # caller unless nothing else references it any more. Only buffers we own are handed to
+        # reverse(overwrite=True), which rebuilds activations and cotangents in place; so the
+        # first step either copies the cotangent (when the output is ours) or lets the last layer
+        # write into fresh buffers, and every later step reuses those two buffers.
+        first = _sole_reference(y)
+        if first:
+            y_bar = y_bar.clone()
         for k, layer in enumerate(reversed(ctx.layers)):
-            y, y_bar = layer.reverse(y, y_bar, overwrite=k > 0)
+            y, y_bar = layer.reverse(y, y_bar, overwrite=first or k > 0)
         return (y_bar if ctx.needs_input_grad[0] else None), None, None
+
+
+def _sole_reference(t: Tensor) -> bool:
+    """True if no other tensor shares ``t``'s memory, so ``t`` may be overwritten in place.
+
+    Compares the storage's use count with that of a freshly made tensor, which is referenced once;
+    if PyTorch does not expose the count, answers False (never overwrite what may be shared).
+    """
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
+    if use_count is None or t._base is not None:
+        return False
+    fresh = torch.empty(1, device=t.device)
+    return use_count(t.untyped_storage()._cdata) == use_count(fresh.untyped_storage()._cdata)
