@@ -23,8 +23,10 @@ def _check(t: object, name: str, owner: str) -> Tensor:
 class LeakyReLU(Invertible):
     """``y = x`` for ``x >= 0``, ``y = a x`` otherwise, with slope ``a = negative_slope > 0``.
 
-    Inverse ``x = y`` for ``y >= 0``, ``x = y / a`` otherwise (``a > 0`` keeps the sign of ``x``).
-    Reverse: ``x_bar = y_bar`` where ``y >= 0``, ``a y_bar`` elsewhere. Shapes: any, elementwise.
+    Inverse ``x = y`` for ``y >= 0``, ``x = y / a`` otherwise (``a > 0`` keeps the sign of ``x``):
+    itself a LeakyReLU, of slope ``1/a``, so it runs as one fused kernel. Reverse:
+    ``x_bar = y_bar`` where ``x > 0``, ``a y_bar`` elsewhere, with PyTorch's own
+    ``leaky_relu_backward`` (the same rule, at ``x = 0`` too, as autograd's). Shapes: any, elementwise.
     Conditioning: the Jacobian's condition number is ``max(a, 1/a)``; a small slope (the usual
     0.01) amplifies rounding error of negative outputs by ``1/a`` per layer in the inverse, and
     deep stacks of such layers can lose all digits. Prefer slopes near 1 in deep invertible nets.
@@ -43,14 +45,13 @@ class LeakyReLU(Invertible):
         return F.leaky_relu(_check(x, "x", "LeakyReLU"), self.negative_slope)
 
     def inverse(self, y: Tensor) -> Tensor:
-        y = _check(y, "y", "LeakyReLU")
-        return torch.where(y >= 0, y, y / self.negative_slope)
+        return F.leaky_relu(_check(y, "y", "LeakyReLU"), 1.0 / self.negative_slope)
 
     def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
-            positive = y >= 0
-            x = torch.where(positive, y, y / self.negative_slope)
-            x_bar = torch.where(positive, y_bar, y_bar * self.negative_slope)
+            invert = F.leaky_relu_ if overwrite else F.leaky_relu
+            x = invert(y, 1.0 / self.negative_slope)
+            x_bar = torch.ops.aten.leaky_relu_backward(y_bar, x, self.negative_slope, False)
         return x, x_bar
 
     def extra_repr(self) -> str:

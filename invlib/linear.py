@@ -29,6 +29,19 @@ def random_orthogonal(n: int, dtype: torch.dtype | None = None) -> Tensor:
     return (q * signs).contiguous()  # LAPACK's QR is column-major; parameters should not be
 
 
+def solve_lu_right(r: Tensor, columns: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
+    """Solve ``x W^T = r`` for ``x`` given ``W = P L U`` (``L`` unit lower, ``U`` upper triangular).
+
+    ``x W^T = x U^T L^T P^T = r``, so ``z L^T = r P`` and then ``x U^T = z``: a column gather
+    (``(r P)[:, j] = r[:, columns[j]]``, ``columns = P.argmax(0)``) and two triangular solves with
+    ``B`` right-hand sides, ``2 B n^2`` FLOPs. ``r``: ``(B, n)``; ``lower``, ``upper``: ``(n, n)``.
+    On CPUs two explicit triangular solves run about twice as fast as ``torch.linalg.lu_solve``
+    for this right-sided, transposed system.
+    """
+    z = torch.linalg.solve_triangular(lower.mT, r[:, columns], upper=True, left=False, unitriangular=True)
+    return torch.linalg.solve_triangular(upper.mT, z, upper=False, left=False)
+
+
 class InvertibleLinear(Invertible):
     """Dense layer ``y = x W^T + b`` with square ``W``; inverse ``x = (y - b) W^{-T}`` by LU.
 
@@ -65,9 +78,9 @@ class InvertibleLinear(Invertible):
         y = self._check(y, "y")
         lu, pivots, _ = torch.linalg.lu_factor_ex(self.weight)
         check_pivots(torch.diagonal(lu).unsqueeze(0), owner="InvertibleLinear")
+        permutation, lower, upper = torch.lu_unpack(lu, pivots)
         r = y - self.bias if self.bias is not None else y
-        # x W^T = r is the right-sided, transposed system X A^H = B with A = W (real, so H = T).
-        return torch.linalg.lu_solve(lu, pivots, r, left=False, adjoint=True)
+        return solve_lu_right(r, permutation.argmax(dim=0), lower, upper)
 
     def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
         with torch.no_grad():

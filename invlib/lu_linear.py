@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from ._checks import check_pivots, check_positive_int, check_tensor
 from .base import Invertible, accumulate_grad
-from .linear import random_orthogonal
+from .linear import random_orthogonal, solve_lu_right
 
 
 class LULinear(Invertible):
@@ -92,9 +92,7 @@ class LULinear(Invertible):
     def _solve(self, y: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
         check_pivots(torch.diagonal(upper).unsqueeze(0), owner="LULinear")
         r = y - self.bias if self.bias is not None else y
-        r_p = r[:, torch.argsort(self.perm)]  # (r P)[:, j] = r[:, i] for the i with perm[i] = j
-        z = torch.linalg.solve_triangular(lower.mT, r_p, upper=True, left=False, unitriangular=True)
-        return torch.linalg.solve_triangular(upper.mT, z, upper=False, left=False)
+        return solve_lu_right(r, torch.argsort(self.perm), lower, upper)  # P[i, perm[i]] = 1
 
     def inverse(self, y: Tensor) -> Tensor:
         return self._solve(self._check(y, "y"), *self._factors())
