@@ -1,6 +1,6 @@
 """Shared pieces of the benchmark scripts: the nets, the command line, the table and the JSON.
 
-The measuring itself lives in :mod:`invlib.memory` (``compare_methods``), so chapters and
+The measuring itself lives in :mod:`invlib.compare` (``compare_methods``), so chapters and
 scripts report the same quantities.
 """
 
@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 import invlib
-from invlib.memory import METHODS, compare_methods
+from invlib.compare import METHODS, compare_methods
 
 NETS = ("coupling", "dense", "conv1d", "conv2d")
 MIB = 2**20

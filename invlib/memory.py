@@ -1,4 +1,4 @@
-"""Peak bytes of tensor memory allocated by a region of PyTorch code, and by one training step.
+"""Peak bytes of tensor memory allocated by a region of PyTorch code.
 
 Two backends report the same two numbers, both counted from zero at the start of the region:
 
@@ -34,44 +34,22 @@ Process RSS is not used: the CPU allocator hands freed pages back to the C libra
 some and returns others to the OS on its own schedule, so RSS moves by megabytes for reasons
 unrelated to the code measured, and cannot support a claim of a few activations.
 
-**One training step.** :func:`chain` differentiates a list of layers by plain autograd,
-checkpointing or inversion; :func:`step_memory` and :func:`compare_methods` measure
-``loss = mean(chain(x)**2); loss.backward()`` with the tracker for ``x.device``, with parameter
-gradients absent or already allocated before the step.
+One training step measured this way, for several ways of differentiating the same layers, is in
+:mod:`invlib.compare`.
 """
 
 from __future__ import annotations
 
-import math
-import statistics
-import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.utils.checkpoint
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .sequential import InvertibleSequential
-
-__all__ = [
-    "MemoryTracker",
-    "CudaMemoryTracker",
-    "track_memory",
-    "measure_peak",
-    "METHODS",
-    "chain",
-    "training_step",
-    "StepMemory",
-    "step_memory",
-    "step_seconds",
-    "StepReport",
-    "compare_methods",
-]
+__all__ = ["MemoryTracker", "CudaMemoryTracker", "track_memory", "measure_peak"]
 
 MIB = 2**20
 
@@ -205,137 +183,3 @@ def measure_peak(fn: Callable[..., Any], *args: Any) -> int:
     with track_memory(tensors[0].device if tensors else "cpu") as tracker:
         fn(*args)
     return tracker.peak_bytes
-
-
-# ---------------------------------------------------------------------------------------------
-# One training step of a chain of layers, by plain autograd, checkpointing or inversion
-# ---------------------------------------------------------------------------------------------
-
-METHODS = ("plain", "checkpoint", "invertible")
-
-
-def chain(layers: Sequence[nn.Module], method: str) -> Callable[[Tensor], Tensor]:
-    """The composition ``x -> layers[-1](... layers[0](x))``, differentiated by ``method``.
-
-    * ``"plain"``: ``for layer in layers: x = layer(x)``; autograd keeps what every layer saves.
-    * ``"checkpoint"``: ``torch.utils.checkpoint.checkpoint_sequential`` with ``round(sqrt(n))``
-      segments, non-reentrant: keeps each segment's input and reruns the segment in backward.
-    * ``"invertible"``: ``invlib.InvertibleSequential(*layers)``: keeps the output only and
-      rebuilds each layer's input from its output with ``inverse`` in backward.
-
-    The layers are shared, not copied, so every method sees the same weights.
-    """
-    layers = list(layers)
-    if not layers:
-        raise ValueError("layers must hold at least one module, got an empty sequence")
-    if method == "plain":
-        def forward(x: Tensor) -> Tensor:
-            for layer in layers:
-                x = layer(x)
-            return x
-        return forward
-    if method == "checkpoint":
-        net = nn.Sequential(*layers)
-        segments = max(1, round(math.sqrt(len(layers))))
-        return lambda x: torch.utils.checkpoint.checkpoint_sequential(
-            net, segments, x, use_reentrant=False)
-    if method == "invertible":
-        return InvertibleSequential(*layers)
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-
-
-def training_step(forward: Callable[[Tensor], Tensor], x: Tensor) -> float:
-    """One step: ``y = forward(x)``, ``loss = mean(y**2)``, ``loss.backward()``; returns the loss."""
-    loss = forward(x).square().mean()
-    loss.backward()
-    return loss.item()
-
-
-def _reset_grads(x: Tensor, params: Sequence[Tensor], accumulate: bool) -> None:
-    x.grad = None
-    for p in params:
-        p.grad = torch.zeros_like(p) if accumulate else None
-
-
-@dataclass(frozen=True)
-class StepMemory:
-    """Memory of one training step: ``peak_bytes``, ``live_bytes`` after it, and ``grad_bytes``,
-    the parameter gradients it had to allocate (0 when they existed before the step)."""
-
-    peak_bytes: int
-    live_bytes: int
-    grad_bytes: int
-
-    @property
-    def peak_above_grads(self) -> int:
-        """Peak minus one copy of the parameter gradients (the step's working memory)."""
-        return self.peak_bytes - self.grad_bytes
-
-
-def step_memory(forward: Callable[[Tensor], Tensor], x: Tensor, params: Iterable[Tensor],
-                accumulate: bool = False) -> StepMemory:
-    """Measure one :func:`training_step` with :func:`track_memory` on ``x.device``.
-
-    ``params`` are the trainable parameters. With ``accumulate=False`` their gradients are set to
-    ``None`` first, so the step allocates them (counted in ``grad_bytes``); with ``True`` they are
-    allocated as zeros beforehand, outside the measurement, and the step adds into them.
-    ``x.grad`` is reset to ``None`` either way, so an input gradient is part of the step.
-    """
-    params = [p for p in params if p.requires_grad]
-    _reset_grads(x, params, accumulate)
-    with track_memory(x.device) as tracker:
-        training_step(forward, x)
-    grad_bytes = 0 if accumulate else sum(p.numel() * p.element_size() for p in params)
-    return StepMemory(tracker.peak_bytes, tracker.live_bytes, grad_bytes)
-
-
-def step_seconds(forward: Callable[[Tensor], Tensor], x: Tensor,
-                 params: Iterable[Tensor]) -> tuple[float, float]:
-    """Wall-clock seconds and loss of one :func:`training_step` (gradients reset to ``None`` first)."""
-    _reset_grads(x, list(params), accumulate=False)
-    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
-    sync()
-    start = time.perf_counter()
-    loss = training_step(forward, x)
-    sync()
-    return time.perf_counter() - start, loss
-
-
-@dataclass(frozen=True)
-class StepReport:
-    """Timings of several steps of one method, its loss, and its memory with fresh and allocated
-    grads (the loss lets a caller check that every method computed the same function)."""
-
-    seconds: tuple[float, ...]
-    loss: float
-    fresh: StepMemory
-    accumulate: StepMemory
-
-    @property
-    def median_seconds(self) -> float:
-        return statistics.median(self.seconds)
-
-
-def compare_methods(layers: Sequence[nn.Module], x: Tensor, methods: Sequence[str] = METHODS,
-                    steps: int = 5, warmup: int = 1) -> dict[str, StepReport]:
-    """Time and measure training steps of ``layers`` by each method, side by side.
-
-    Runs ``warmup + steps`` rounds; each round runs one step of every method in turn, so slow
-    drifts of the machine hit all methods alike, and the first ``warmup`` rounds are dropped.
-    Memory is measured afterwards, one untimed step per method and gradient regime.
-    """
-    if steps < 1 or warmup < 0:
-        raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
-    params = list({id(p): p for layer in layers for p in layer.parameters()}.values())
-    forwards = {m: chain(layers, m) for m in methods}
-    times: dict[str, list[float]] = {m: [] for m in methods}
-    losses: dict[str, float] = {}
-    for round_ in range(warmup + steps):
-        for m, forward in forwards.items():
-            t, losses[m] = step_seconds(forward, x, params)
-            if round_ >= warmup:
-                times[m].append(t)
-    return {m: StepReport(tuple(times[m]), losses[m],
-                          step_memory(forward, x, params, accumulate=False),
-                          step_memory(forward, x, params, accumulate=True))
-            for m, forward in forwards.items()}

@@ -4,7 +4,6 @@ import pytest
 import torch
 from torch import nn
 from torch.func import functional_call
-from torch.nn import functional as F
 
 import invlib
 

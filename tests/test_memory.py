@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from invlib.memory import (CudaMemoryTracker, MemoryTracker, chain, compare_methods,
-                           measure_peak, step_memory, track_memory)
+from invlib.compare import chain, compare_methods, step_memory
+from invlib.memory import CudaMemoryTracker, MemoryTracker, measure_peak, track_memory
 
 torch.manual_seed(0)
 
