@@ -8,6 +8,8 @@ with no recomputation and no stored input. ReLU is absent on purpose: it maps al
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from torch.nn import functional as F
@@ -32,12 +34,14 @@ class LeakyReLU(Invertible):
     deep stacks of such layers can lose all digits. Prefer slopes near 1 in deep invertible nets.
     """
 
+    reverse_in_place = True
+
     def __init__(self, negative_slope: float = 0.01) -> None:
         super().__init__()
-        if not float(negative_slope) > 0.0:
+        if not 0.0 < float(negative_slope) < math.inf:
             raise ValueError(
-                f"negative_slope must be > 0 for LeakyReLU to be invertible, got {float(negative_slope)}; "
-                "use a small positive slope such as 0.01"
+                f"negative_slope must be > 0 and finite for LeakyReLU to be invertible, got "
+                f"{float(negative_slope)}; use a positive slope such as 0.01 (0.5 for deep stacks)"
             )
         self.negative_slope = float(negative_slope)
 
@@ -49,9 +53,13 @@ class LeakyReLU(Invertible):
 
     def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
-            invert = F.leaky_relu_ if overwrite else F.leaky_relu
-            x = invert(y, 1.0 / self.negative_slope)
-            x_bar = torch.ops.aten.leaky_relu_backward(y_bar, x, self.negative_slope, False)
+            if overwrite:  # rebuild both in place: y becomes x, y_bar becomes x_bar
+                x = F.leaky_relu_(y, 1.0 / self.negative_slope)
+                x_bar = torch.ops.aten.leaky_relu_backward.grad_input(
+                    y_bar, x, self.negative_slope, False, grad_input=y_bar)
+            else:
+                x = F.leaky_relu(y, 1.0 / self.negative_slope)
+                x_bar = torch.ops.aten.leaky_relu_backward(y_bar, x, self.negative_slope, False)
         return x, x_bar
 
     def extra_repr(self) -> str:
@@ -84,14 +92,16 @@ class ELU(Invertible):
     Inverse ``x = y`` for ``y > 0``, ``x = log1p(y / alpha)`` otherwise, defined only for
     ``y > -alpha`` (``ValueError`` outside). Derivative ``alpha exp(x) = y + alpha`` for ``x <= 0``,
     so reverse is ``x_bar = y_bar * (y + alpha)`` there. Conditioning: as ``y -> -alpha`` the
-    inverse's slope ``1/(y + alpha)`` blows up; outputs within rounding of ``-alpha`` (inputs below
-    about ``log(eps)``, -36.7 in float64) cannot be inverted. Clevert et al. 2015, arXiv 1511.07289.
+    inverse's slope ``1/(y + alpha)`` blows up; outputs within rounding of ``-alpha`` (inputs below about
+    -36.7 in float64 and -16.6 in float32, where ``exp(x)`` drops below half an ulp of 1) cannot
+    be inverted. Clevert et al. 2015, arXiv 1511.07289.
     """
 
     def __init__(self, alpha: float = 1.0) -> None:
         super().__init__()
-        if not float(alpha) > 0.0:
-            raise ValueError(f"alpha must be > 0 for ELU to be invertible, got {float(alpha)}; use e.g. alpha=1.0")
+        if not 0.0 < float(alpha) < math.inf:
+            raise ValueError(f"alpha must be > 0 and finite for ELU to be invertible, got {float(alpha)}; "
+                             "use e.g. alpha=1.0")
         self.alpha = float(alpha)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -31,12 +31,19 @@ class Invertible(nn.Module):
       backward, so a network's parameter gradients exist only once, in ``.grad``.
       With ``overwrite=True`` the caller hands ``y`` and ``y_bar`` over: the layer may reuse
       their storage for ``x`` and ``x_bar`` (in place), which keeps a deep backward at a fixed,
-      small number of activation-sized buffers. Layers are free to ignore it.
+      small number of activation-sized buffers. Layers are free to ignore it. With
+      ``overwrite=False`` the layer must leave ``y`` and ``y_bar`` unchanged; its results may
+      still share their memory (an identity may return ``y`` itself), which
+      :class:`InvertibleSequential` checks before handing results over for reuse.
 
     Shapes: ``y`` and ``y_bar`` have the shape of the layer's output, ``x`` and ``x_bar`` that of
     its input. ``reverse`` runs with gradient recording off for its results: they are plain
     tensors without history (no double backward).
     """
+
+    #: True if ``reverse(overwrite=True)`` rebuilds ``x`` and ``x_bar`` inside ``y`` and ``y_bar``
+    #: themselves, so that handing both over saves two buffers (see InvertibleSequential).
+    reverse_in_place: bool = False
 
     def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} must implement forward(x)")

@@ -101,8 +101,6 @@ class _CircularConv(Invertible):
         y = self._check(y, "y")
         batch, channels, size = y.shape[0], self.channels, tuple(y.shape[2:])
         dims = tuple(range(2, y.ndim))
-        r = y - self.bias.view(channels, *(1,) * len(size)) if self.bias is not None else y
-        r_hat = torch.fft.rfftn(r, dim=dims)  # (batch, C, *nfreq)
         response = self.frequency_response(size)  # (*nfreq, C, C)
         nfreq = response.shape[:-2]
         lu, pivots, _ = torch.linalg.lu_factor_ex(response.reshape(-1, channels, channels))
@@ -111,10 +109,14 @@ class _CircularConv(Invertible):
             index = tuple(int(i) for i in torch.unravel_index(torch.tensor(k), nfreq))
             return f"at frequency {index} (spatial size {size})"
 
-        check_pivots(torch.diagonal(lu, dim1=-2, dim2=-1), owner=type(self).__name__, where=where)
-        rhs = r_hat.reshape(batch, channels, -1).permute(2, 1, 0)  # (nfreq, C, batch)
-        x_hat = torch.linalg.lu_solve(lu, pivots, rhs).permute(2, 1, 0).reshape(batch, channels, *nfreq)
-        return torch.fft.irfftn(x_hat, s=size, dim=dims)
+        check_pivots(torch.diagonal(lu, dim1=-2, dim2=-1), owner=type(self).__name__, where=where,
+                     matrices=response.reshape(-1, channels, channels))
+        # One expression, so each activation-sized temporary (y - b, its spectrum, the solved
+        # spectrum) is freed as soon as the next one exists.
+        bias = self.bias.view(channels, *(1,) * len(size)) if self.bias is not None else 0.0
+        x_hat = torch.linalg.lu_solve(
+            lu, pivots, torch.fft.rfftn(y - bias, dim=dims).reshape(batch, channels, -1).permute(2, 1, 0))
+        return torch.fft.irfftn(x_hat.permute(2, 1, 0).reshape(batch, channels, *nfreq), s=size, dim=dims)
 
     def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
         with torch.no_grad():

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_tensor
+from ._storage import sole_reference
 from .base import Invertible
 
 
@@ -17,7 +18,13 @@ class AdditiveCoupling(Invertible):
     """``y1 = x1 + F(x2)``, ``y2 = x2 + G(y1)``, with ``x = (x1, x2)`` split in halves along dim 1.
 
     Inverse: ``x2 = y2 - G(y1)``, ``x1 = y1 - F(x2)``: only F and G are *evaluated*, never inverted,
-    so they can be arbitrary modules mapping the half shape ``(batch, C/2, ...)`` to itself.
+    so they can be any deterministic, stateless modules mapping the half shape
+    ``(batch, C/2, ...)`` to itself (no dropout or batch-norm statistics in training mode: the
+    reverse step runs them again; :class:`InvertibleSequential` refuses such modules).
+    Conditioning: the inverse subtracts what the forward added, so rounding errors are not
+    amplified by a slope, but they scale with the size of the activations: when the residual
+    streams grow to ``|y| >> |x|``, ``y2 - G(y1)`` cancels and the rebuilt ``x`` loses about
+    ``log10(|y| / |x|)`` digits.
     Shapes: ``x``, ``y``: ``(batch, C, ...)`` with ``C`` even.
 
     Reverse step, read off the inversion instead of re-running the forward: with ``y1`` a leaf,
@@ -37,6 +44,8 @@ class AdditiveCoupling(Invertible):
     deterministic (no dropout) and must not update state in forward (BatchNorm running
     statistics would be updated again when they are re-evaluated in reverse).
     """
+
+    reverse_in_place = True
 
     def __init__(self, F: nn.Module, G: nn.Module) -> None:
         super().__init__()
@@ -103,9 +112,10 @@ class AdditiveCoupling(Invertible):
         # The leaves alias y's storage but own their version counters (_alias), so writing the
         # other half of the same buffer before the backward does not trip autograd's checks.
         y1_leaf = _alias(y1).requires_grad_()
-        g, g_saved = _run_recording_saved(self.G, "G", y1_leaf, self._call)
+        with torch.enable_grad():
+            g = self._call(self.G, "G", y1_leaf)
         torch.sub(y2, g, out=x2)
-        _release_unless_saved(g, g_saved)
+        _release_if_unshared(g)
         _backward(g, y2_bar)
         del g
         _add_grad(y1_bar, y1_leaf, out=x1_bar)
@@ -113,9 +123,10 @@ class AdditiveCoupling(Invertible):
 
         # ---- F stage: x1 = y1 - F(x2);  x2_bar = y2_bar + F'(x2)^T y1_total
         x2_leaf = _alias(x2).requires_grad_()
-        f, f_saved = _run_recording_saved(self.F, "F", x2_leaf, self._call)
+        with torch.enable_grad():
+            f = self._call(self.F, "F", x2_leaf)
         torch.sub(y1, f, out=x1)
-        _release_unless_saved(f, f_saved)
+        _release_if_unshared(f)
         _backward(f, x1_bar)
         del f
         _add_grad(y2_bar, x2_leaf, out=x2_bar)
@@ -128,29 +139,16 @@ def _alias(t: Tensor) -> Tensor:
         t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
 
 
-def _run_recording_saved(module: nn.Module, name: str, t: Tensor, call) -> tuple[Tensor, set[int]]:
-    """``module(t)`` with grad on, plus the storages (by address) its graph saved for backward."""
-    saved: set[int] = set()
+def _release_if_unshared(out: Tensor) -> None:
+    """Free ``out``'s memory now if nothing else holds it (its values are already used).
 
-    def pack(s: Tensor) -> Tensor:
-        saved.add(s.untyped_storage().data_ptr())
-        return s
-
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda s: s):
-        out = call(module, name, t)
-    return out, saved
-
-
-def _release_unless_saved(out: Tensor, saved: set[int]) -> None:
-    """Free ``out``'s memory now if its graph does not need it (its values are already used).
-
-    ``backward(out, out_bar)`` reads only ``out``'s shape, so for a sub-network whose last op
-    saves its input (Linear, LeakyReLU) rather than its output (Tanh, Sigmoid), this drops one
-    half-activation from the reverse step's peak.
+    ``backward(out, out_bar)`` reads only ``out``'s shape. If the sub-network's graph saved
+    ``out`` (Tanh, Sigmoid save their output), or ``out`` is a leaf, a view, or the output of a
+    nested invlib container, its storage has other holders and is left alone; otherwise (Linear,
+    LeakyReLU save their input) this drops one half-activation from the reverse step's peak.
     """
-    storage = out.untyped_storage()
-    if out.requires_grad and out._base is None and storage.data_ptr() not in saved:
-        storage.resize_(0)
+    if out.grad_fn is not None and sole_reference(out):
+        out.untyped_storage().resize_(0)
 
 
 def _backward(out: Tensor, out_bar: Tensor) -> None:

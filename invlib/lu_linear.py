@@ -50,12 +50,17 @@ class LULinear(Invertible):
         """The layer whose assembled ``weight`` equals ``weight`` (``(n, n)``), via ``P L U``
         with partial pivoting (``torch.linalg.lu``). ``ValueError`` if ``weight`` is not square
         or has a zero pivot (it is singular and has no such factorisation with ``s != 0``)."""
-        if weight.ndim != 2 or weight.shape[0] != weight.shape[1]:
-            raise ValueError(f"LULinear.from_weight: weight must be square (n, n), got {tuple(weight.shape)}")
+        owner = "LULinear.from_weight"
+        check_tensor(weight, name="weight", owner=owner, layout="(n, n)", ndim=2)
+        if weight.shape[0] != weight.shape[1]:
+            raise ValueError(f"{owner}: weight must be square (n, n), got {tuple(weight.shape)}")
+        if bias is not None:
+            check_tensor(bias, name="bias", owner=owner, layout=f"(n,) = ({weight.shape[0]},)", ndim=1,
+                         sizes={0: weight.shape[0]}, dtype=weight.dtype)
         weight = weight.detach()
         layer = cls(weight.shape[0], bias=bias is not None).to(dtype=weight.dtype, device=weight.device)
         p, lower, upper = torch.linalg.lu(weight)
-        check_pivots(torch.diagonal(upper).unsqueeze(0), owner="LULinear.from_weight")
+        check_pivots(torch.diagonal(upper).unsqueeze(0), owner=owner, matrices=weight)
         s = torch.diagonal(upper)
         with torch.no_grad():
             layer.perm.copy_(p.argmax(dim=1))
@@ -90,9 +95,8 @@ class LULinear(Invertible):
         return F.linear(self._check(x, "x"), self.weight, self.bias)
 
     def _solve(self, y: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
-        check_pivots(torch.diagonal(upper).unsqueeze(0), owner="LULinear")
-        r = y - self.bias if self.bias is not None else y
-        return solve_lu_right(r, torch.argsort(self.perm), lower, upper)  # P[i, perm[i]] = 1
+        check_pivots(torch.diagonal(upper).unsqueeze(0), owner="LULinear", matrices=lambda: lower @ upper)
+        return solve_lu_right(y, self.bias, torch.argsort(self.perm), lower, upper)  # P[i, perm[i]] = 1
 
     def inverse(self, y: Tensor) -> Tensor:
         return self._solve(self._check(y, "y"), *self._factors())

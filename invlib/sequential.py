@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from ._storage import shares_memory, sole_reference
 from .base import Invertible
 
 
@@ -83,6 +84,7 @@ class InvertibleSequential(Invertible):
         # The zero-size dummy requires grad so that autograd calls backward even when x does not;
         # the parameters are deliberately *not* inputs (autograd would then hold all their
         # gradients until backward ends instead of letting reverse accumulate them one by one).
+        _check_stateless(self)
         dummy = torch.empty(0, device=x.device, requires_grad=True)
         return _ReverseByInversion.apply(x, dummy, tuple(self.layers))
 
@@ -92,9 +94,7 @@ class InvertibleSequential(Invertible):
         return y
 
     def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
-        for k, layer in enumerate(reversed(self.layers)):
-            y, y_bar = layer.reverse(y, y_bar, overwrite=overwrite or k > 0)
-        return y, y_bar
+        return _sweep(self.layers, y, y_bar, owned=overwrite)
 
 
 class _ReverseByInversion(torch.autograd.Function):
@@ -134,26 +134,38 @@ class _ReverseByInversion(torch.autograd.Function):
                 "modifying it (y = net(x).clone())."
             )
         # ---- reverse sweep. The incoming cotangent belongs to the engine, and the output to the
-        # caller unless nothing else references it any more. Only buffers we own are handed to
-        # reverse(overwrite=True), which rebuilds activations and cotangents in place; so the
-        # first step either copies the cotangent (when the output is ours) or lets the last layer
-        # write into fresh buffers, and every later step reuses those two buffers.
-        first = _sole_reference(y)
-        if first:
+        # caller unless nothing else references it any more. If the output is ours and the last
+        # layer rebuilds in place, copying the cotangent makes both buffers ours from the start.
+        owned = ctx.layers[-1].reverse_in_place and sole_reference(y)
+        if owned:
             y_bar = y_bar.clone()
-        for k, layer in enumerate(reversed(ctx.layers)):
-            y, y_bar = layer.reverse(y, y_bar, overwrite=first or k > 0)
-        return (y_bar if ctx.needs_input_grad[0] else None), None, None
+        x, x_bar = _sweep(ctx.layers, y, y_bar, owned=owned)
+        return (x_bar if ctx.needs_input_grad[0] else None), None, None
 
 
-def _sole_reference(t: Tensor) -> bool:
-    """True if no other tensor shares ``t``'s memory, so ``t`` may be overwritten in place.
+def _sweep(layers, y: Tensor, y_bar: Tensor, owned: bool) -> tuple[Tensor, Tensor]:
+    """Reverse steps from the last layer to the first. Buffers are handed over for reuse
+    (``overwrite=True``) only while we own them: the inputs if ``owned``, else the first results
+    that share no memory with the inputs (a layer may return its input itself, e.g. an identity)."""
+    for layer in reversed(layers):
+        x, x_bar = layer.reverse(y, y_bar, overwrite=owned)
+        if not owned:
+            owned = not (shares_memory(x, y, y_bar) or shares_memory(x_bar, y, y_bar))
+        y, y_bar = x, x_bar
+    return y, y_bar
 
-    Compares the storage's use count with that of a freshly made tensor, which is referenced once;
-    if PyTorch does not expose the count, answers False (never overwrite what may be shared).
-    """
-    use_count = getattr(torch._C, "_storage_Use_Count", None)
-    if use_count is None or t._base is not None:
-        return False
-    fresh = torch.empty(1, device=t.device)
-    return use_count(t.untyped_storage()._cdata) == use_count(fresh.untyped_storage()._cdata)
+
+_STATEFUL = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+
+
+def _check_stateless(module: nn.Module) -> None:
+    """Refuse sub-modules whose forward differs between runs or updates state when run again."""
+    for name, sub in module.named_modules():
+        if isinstance(sub, _STATEFUL) and sub.training:
+            kind = type(sub).__name__
+            raise ValueError(
+                f"InvertibleSequential: sub-module {name or '(root)'} is a {kind} in training mode; "
+                "the reverse step re-runs sub-networks, so dropout would draw new masks and batch "
+                "norm would update its running statistics twice. Call .eval() on it, or train "
+                "these layers with the plain loop."
+            )

@@ -11,12 +11,12 @@ pytestmark = pytest.mark.usefixtures("float64")
 
 @pytest.mark.parametrize("slope", [0.0, -0.1])
 def test_leaky_relu_rejects_non_positive_slope(slope):
-    with pytest.raises(ValueError, match=rf"negative_slope must be > 0 for LeakyReLU to be invertible, got {slope}"):
+    with pytest.raises(ValueError, match=rf"negative_slope must be > 0 and finite for LeakyReLU to be invertible, got {slope}"):
         invlib.LeakyReLU(slope)
 
 
 def test_elu_rejects_non_positive_alpha():
-    with pytest.raises(ValueError, match=r"alpha must be > 0 for ELU"):
+    with pytest.raises(ValueError, match=r"alpha must be > 0 and finite for ELU"):
         invlib.ELU(0.0)
 
 
@@ -61,7 +61,7 @@ def test_ill_conditioned_dense_weight_warns():
     layer = invlib.InvertibleLinear(2)
     with torch.no_grad():
         layer.weight.copy_(torch.diag(torch.tensor([1.0, 1e-9])))
-    with pytest.warns(UserWarning, match=r"badly conditioned: condition estimate .* 1\.000e\+09"):
+    with pytest.warns(UserWarning, match=r"badly conditioned: condition number 1\.000e\+09"):
         x = layer.inverse(torch.ones(1, 2))
     torch.testing.assert_close(x, torch.tensor([[1.0, 1e9]]))
 
@@ -161,3 +161,48 @@ def test_autograd_grad_on_parameters_is_not_supported():
     net = invlib.InvertibleSequential(invlib.InvertibleLinear(3))
     with pytest.raises(RuntimeError, match=r"not have been used in the graph"):
         torch.autograd.grad(net(torch.randn(2, 3)).sum(), list(net.parameters()))
+
+
+@pytest.mark.parametrize("make", [lambda: invlib.LeakyReLU(float("inf")), lambda: invlib.ELU(float("inf"))])
+def test_infinite_slope_or_alpha_is_refused(make):
+    with pytest.raises(ValueError, match="finite"):
+        make()
+
+
+def test_pivot_growth_is_reported_as_such_not_as_singular():
+    # Wilkinson's matrix: well conditioned, but partial pivoting doubles the last pivot n - 1 times.
+    n = 60
+    W = torch.eye(n, dtype=torch.float64) - torch.tril(torch.ones(n, n, dtype=torch.float64), -1)
+    W[:, -1] = 1.0
+    layer = invlib.InvertibleLinear(n, bias=False).double()
+    with torch.no_grad():
+        layer.weight.copy_(W)
+    assert torch.linalg.cond(W) < 100
+    with pytest.warns(UserWarning, match="pivot growth"):
+        layer.inverse(torch.randn(2, n, dtype=torch.float64))
+
+
+def test_lulinear_conditioning_warning_and_from_weight_validation():
+    with pytest.warns(UserWarning, match="LULinear.from_weight: the inverse is badly conditioned"):
+        layer = invlib.LULinear.from_weight(torch.diag(torch.tensor([1.0, 1e-9], dtype=torch.float64)))
+    with pytest.warns(UserWarning, match="LULinear: the inverse is badly conditioned"):
+        layer.inverse(torch.ones(1, 2, dtype=torch.float64))
+    with pytest.raises(TypeError, match="weight must be a torch.Tensor"):
+        invlib.LULinear.from_weight([[1.0, 0.0], [0.0, 1.0]])
+    with pytest.raises(ValueError, match=r"bias must have shape"):
+        invlib.LULinear.from_weight(torch.eye(3), torch.ones(1))
+    with pytest.raises(TypeError, match="bias has dtype torch.float64"):
+        invlib.LULinear.from_weight(torch.eye(2, dtype=torch.float32), torch.ones(2, dtype=torch.float64))
+
+
+def test_conv_conditioning_warning_names_the_frequency():
+    layer = invlib.CircularConv1d(1, 2, bias=False)
+    with torch.no_grad():   # H[f] = 1 + c e^{2 pi i f / L}: nearly zero at f = L/2 for c close to 1
+        layer.weight.copy_(torch.tensor([[[1.0, 1.0 - 1e-9]]]))
+    with pytest.warns(UserWarning, match=r"badly conditioned at frequency \(2,\)"):
+        layer.inverse(torch.randn(1, 1, 4))
+
+
+def test_inverse_checks_dtype_too():
+    with pytest.raises(TypeError, match="y has dtype torch.float64"):
+        invlib.InvertibleLinear(3).float().inverse(torch.ones(2, 3, dtype=torch.float64))

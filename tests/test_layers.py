@@ -218,14 +218,48 @@ def test_activation_matches_closed_form(layer, reference):
 
 def test_layers_move_between_dtypes_like_any_module():
     """nn.Module.to/double/float must keep working (a helper once shadowed Module._apply)."""
-    import invlib
     from torch import nn
 
-    for layer in [invlib.AdditiveCoupling(nn.Linear(2, 2), nn.Linear(2, 2)), invlib.InvertibleLinear(4),
-                  invlib.LULinear(4), invlib.CircularConv1d(2, 3), invlib.CircularConv2d(2, 3)]:
-        moved = layer.to(torch.float64)
-        assert all(p.dtype == torch.float64 for p in moved.parameters())
-        assert all(p.dtype == torch.float32 for p in moved.float().parameters())
+    makers = [lambda: invlib.AdditiveCoupling(nn.Linear(2, 2), nn.Linear(2, 2)), lambda: invlib.InvertibleLinear(4),
+              lambda: invlib.LULinear(4), lambda: invlib.CircularConv1d(4, 3), lambda: invlib.CircularConv2d(4, 3)]
+    shapes = [(3, 4), (3, 4), (3, 4), (2, 4, 5), (2, 4, 5, 6)]
+    for make, shape in zip(makers, shapes):
+        layer = make().float()
+        assert all(p.dtype == torch.float32 for p in layer.parameters())
+        layer = layer.to(torch.float64)
+        assert all(p.dtype == torch.float64 for p in layer.parameters())
+        x = torch.randn(shape, dtype=torch.float64)
+        torch.testing.assert_close(layer.inverse(layer(x)), x, rtol=0, atol=1e-12)
+        layer = layer.float()
+        x = x.float()
+        torch.testing.assert_close(layer.inverse(layer(x)), x, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda: invlib.InvertibleLinear(4), (3, 4)), (lambda: invlib.LULinear(4), (3, 4)),
+    (lambda: invlib.LeakyReLU(0.3), (3, 4)), (lambda: invlib.Asinh(), (3, 4)), (lambda: invlib.ELU(), (3, 4)),
+    (lambda: invlib.AdditiveCoupling(torch.nn.Linear(2, 2), torch.nn.Tanh()), (3, 4)),
+    (lambda: invlib.CircularConv1d(2, 3), (2, 2, 5)), (lambda: invlib.CircularConv2d(2, 2), (2, 2, 3, 4)),
+])
+def test_reverse_in_place_equals_reverse_into_fresh_buffers(make, shape):
+    """overwrite=True may reuse y and y_bar, but must give the same x, x_bar and parameter grads."""
+    torch.manual_seed(0)
+    layer = make().double()
+    x = torch.randn(shape, dtype=torch.float64)
+    with torch.no_grad():
+        y = layer(x)
+    y_bar = torch.randn_like(y)
+    results = []
+    for overwrite in (False, True):
+        layer.zero_grad(set_to_none=True)
+        y_in, y_bar_in = y.clone(), y_bar.clone()
+        x_out, x_bar = layer.reverse(y_in, y_bar_in, overwrite=overwrite)
+        results.append([x_out.clone(), x_bar.clone()] + [p.grad.clone() for p in layer.parameters()])
+        if not overwrite:   # the inputs must be left as they were
+            assert torch.equal(y_in, y) and torch.equal(y_bar_in, y_bar)
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
+    torch.testing.assert_close(results[0][0], x, rtol=0, atol=1e-12)
 
 
 def test_lulinear_from_weight_reproduces_the_weight_and_rejects_singular():

@@ -128,6 +128,7 @@ def test_methods_agree_and_checkpoint_saves_memory():
     x = torch.randn(128, 32, requires_grad=True)
     reports = compare_methods(layers, x, methods=("plain", "checkpoint"), steps=1, warmup=0)
     plain, ckpt = reports["plain"], reports["checkpoint"]
+    assert ckpt.loss == pytest.approx(plain.loss, rel=1e-6)
     assert ckpt.fresh.peak_above_grads < plain.fresh.peak_above_grads
     assert ckpt.fresh.live_bytes == plain.fresh.live_bytes  # gradients only, nothing leaked
     assert len(plain.seconds) == 1 and plain.median_seconds > 0

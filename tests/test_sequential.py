@@ -6,6 +6,7 @@ import weakref
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import invlib
@@ -131,6 +132,8 @@ def test_gradients_equal_plain_backprop(stack, depth):
         else:
             assert x_bar is None and x_bar_ref is None
         for i, (a, b) in enumerate(zip(g, g_ref)):
+            if start is not None:  # compare what the step added, not start + step
+                a, b = a - start[i], b - start[i]
             _assert_rel(a, b, 1e-9, f"{name}: parameter {i} grad")
 
 
@@ -305,3 +308,64 @@ def test_output_held_by_the_caller_is_untouched_by_backward():
     before = y.detach().clone()
     y.square().sum().backward()
     assert torch.equal(y.detach(), before)
+
+
+# ---- contract cases found in review: sub-networks that alias, nest, or carry state ---------------
+
+def _grads(layers, x, invertible):
+    """Input and parameter gradients of sum(y^2) through the plain loop or InvertibleSequential."""
+    for layer in layers:
+        layer.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_()
+    y = invlib.InvertibleSequential(*layers)(x) if invertible else _plain(layers, x)
+    y.square().sum().backward()
+    return [x.grad] + [p.grad for layer in layers for p in layer.parameters()]
+
+
+def _identity_coupling_stacks():
+    torch.manual_seed(5)
+    lin = lambda: nn.Sequential(nn.Linear(2, 2), nn.LeakyReLU(0.3))
+    nested = lambda: invlib.InvertibleSequential(invlib.InvertibleLinear(2), invlib.LeakyReLU(0.5))
+    return {
+        "F identity": [invlib.AdditiveCoupling(nn.Identity(), lin()) for _ in range(3)],
+        "G identity": [invlib.AdditiveCoupling(lin(), nn.Identity()) for _ in range(3)],
+        "F, G nested InvertibleSequential": [invlib.AdditiveCoupling(nested(), nested()) for _ in range(3)],
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_identity_coupling_stacks()))
+def test_couplings_whose_subnetworks_alias_or_nest_match_plain(name):
+    layers = _identity_coupling_stacks()[name]
+    layers = [layer.double() for layer in layers]
+    x = torch.randn(3, 4, dtype=torch.float64)
+    got, expected = _grads(layers, x, invertible=True), _grads(layers, x, invertible=False)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_identity_layer_with_generic_reverse_leaves_the_callers_output_alone():
+    class Identity(invlib.Invertible):
+        def forward(self, x):
+            return x * 1.0
+
+        def inverse(self, y):
+            return y
+
+    net = invlib.InvertibleSequential(invlib.LeakyReLU(0.5), Identity(), Identity())
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    y = net(x)
+    before = y.detach().clone()
+    y.square().sum().backward()
+    assert torch.equal(y.detach(), before)
+    torch.testing.assert_close(x.grad, 2 * F.leaky_relu(x, 0.5) * torch.where(x > 0, 1.0, 0.5).double())
+
+
+@pytest.mark.parametrize("stateful", [lambda: nn.Dropout(0.5), lambda: nn.BatchNorm1d(2)])
+def test_training_mode_dropout_and_batchnorm_are_refused(stateful):
+    block = invlib.AdditiveCoupling(nn.Sequential(nn.Linear(2, 2), stateful()), nn.Linear(2, 2))
+    net = invlib.InvertibleSequential(block)
+    x = torch.randn(4, 4, requires_grad=True)
+    with pytest.raises(ValueError, match="training mode"):
+        net(x)
+    net.eval()
+    net(x).sum().backward()            # evaluation mode is deterministic and stateless: allowed
