@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch import nn
 
 
 @pytest.fixture
@@ -12,3 +13,11 @@ def float64():
     torch.manual_seed(0)
     yield
     torch.set_default_dtype(old)
+
+
+def perturbed(layer: nn.Module, scale: float = 0.1) -> nn.Module:
+    """Move parameters off their (orthogonal, zero-bias) init so no test passes by symmetry."""
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return layer

@@ -6,16 +6,13 @@ from torch import nn
 from torch.func import functional_call
 
 import invlib
+from conftest import perturbed
 
 pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _perturb(layer: nn.Module, scale: float = 0.2) -> nn.Module:
-    """Move parameters off their (orthogonal, zero-bias) init so no test passes by symmetry."""
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.add_(scale * torch.randn_like(p))
-    return layer
+    return perturbed(layer, scale)
 
 
 def _coupling(width: int) -> invlib.AdditiveCoupling:

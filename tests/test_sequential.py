@@ -10,17 +10,13 @@ from torch.nn import functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import invlib
+from conftest import perturbed
 
 pytestmark = pytest.mark.usefixtures("float64")
 
 DEPTHS = [1, 2, 5, 17, 33]
 
 
-def _perturbed(layer: nn.Module, scale: float = 0.1) -> nn.Module:
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.add_(scale * torch.randn_like(p))
-    return layer
 
 
 def _mlp(n: int) -> nn.Module:
@@ -35,11 +31,11 @@ def _conv_net(c: int) -> nn.Module:
 # of slope-0.01 LeakyReLUs is too ill-conditioned to invert in any precision (see LeakyReLU).
 STACKS = {
     "dense+leaky": lambda d: (
-        [m for _ in range(d) for m in (_perturbed(invlib.InvertibleLinear(4)), invlib.LeakyReLU(0.5))],
+        [m for _ in range(d) for m in (perturbed(invlib.InvertibleLinear(4)), invlib.LeakyReLU(0.5))],
         torch.randn(3, 4),
     ),
     "lu+asinh": lambda d: (
-        [m for _ in range(d) for m in (_perturbed(invlib.LULinear(4)), invlib.Asinh())],
+        [m for _ in range(d) for m in (perturbed(invlib.LULinear(4)), invlib.Asinh())],
         torch.randn(3, 4),
     ),
     "coupling": lambda d: ([invlib.AdditiveCoupling(_mlp(2), _mlp(2)) for _ in range(d)], torch.randn(3, 4)),
@@ -50,11 +46,11 @@ STACKS = {
         torch.randn(3, 4),
     ),
     "conv1d+leaky": lambda d: (
-        [m for _ in range(d) for m in (_perturbed(invlib.CircularConv1d(2, 3)), invlib.LeakyReLU(0.5))],
+        [m for _ in range(d) for m in (perturbed(invlib.CircularConv1d(2, 3)), invlib.LeakyReLU(0.5))],
         torch.randn(2, 2, 5),
     ),
     "conv2d+leaky": lambda d: (
-        [m for _ in range(d) for m in (_perturbed(invlib.CircularConv2d(2, 2)), invlib.LeakyReLU(0.5))],
+        [m for _ in range(d) for m in (perturbed(invlib.CircularConv2d(2, 2)), invlib.LeakyReLU(0.5))],
         torch.randn(2, 2, 3, 3),
     ),
     "mixed": lambda d: ([_mixed_layer(i) for i in range(2 * d)], torch.randn(3, 4)),
@@ -65,10 +61,10 @@ STACKS = {
 
 def _mixed_layer(i: int) -> invlib.Invertible:
     kinds = [
-        lambda: _perturbed(invlib.InvertibleLinear(4)),
+        lambda: perturbed(invlib.InvertibleLinear(4)),
         lambda: invlib.LeakyReLU(0.5),
         lambda: invlib.AdditiveCoupling(_mlp(2), _mlp(2)),
-        lambda: _perturbed(invlib.LULinear(4)),
+        lambda: perturbed(invlib.LULinear(4)),
         lambda: invlib.ELU(),
         lambda: invlib.Asinh(),
     ]
@@ -77,7 +73,7 @@ def _mixed_layer(i: int) -> invlib.Invertible:
 
 def _mixed_conv_layer(i: int) -> invlib.Invertible:
     kinds = [
-        lambda: _perturbed(invlib.CircularConv1d(4, 4)),
+        lambda: perturbed(invlib.CircularConv1d(4, 4)),
         lambda: invlib.Asinh(),
         lambda: invlib.AdditiveCoupling(_conv_net(2), _conv_net(2)),
         lambda: invlib.LeakyReLU(0.5),
