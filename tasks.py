@@ -52,8 +52,7 @@ def book() -> None:
     install()
     run(PY, "tools/vendor_assets.py")
     shutil.rmtree(ROOT / "_build", ignore_errors=True)  # a clean build executes every chapter
-    run(VENV / "bin" / "jupyter-book", "build", "-W", "-n", "--keep-going", ".",
-        MPLBACKEND="Agg")
+    run(VENV / "bin" / "jupyter-book", "build", "-W", "-n", "--keep-going", ".")
     run(PY, "tools/offline_check.py", "_build/html")
 
 
@@ -62,12 +61,12 @@ def test() -> None:
     # One pytest run: the unit tests, then strict nbval over every executed chapter.
     run(PY, "-m", "pytest", "--nbval", "--nbval-current-env",
         "--nbval-sanitize-with", NBVAL_SANITIZE, "tests",
-        *[c.relative_to(ROOT) for c in chapters()], MPLBACKEND="Agg")
+        *[c.relative_to(ROOT) for c in chapters()])
 
 
 def execute(names: list[str]) -> None:
     install()
-    run(PY, "tools/execute_chapters.py", *names, MPLBACKEND="Agg")
+    run(PY, "tools/execute_chapters.py", *names)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ __all__ = [
 ]
 
 # Added by the lead (not the layer engine): book helpers and sub-modules.
-from . import compare, costs, memory, reference
+from . import compare, costs, memory, ode, reference
 from .sliders import slider
 
-__all__ += ["compare", "costs", "memory", "reference", "slider"]
+__all__ += ["compare", "costs", "memory", "ode", "reference", "slider"]
