@@ -1,5 +1,19 @@
-"""invlib: constant-memory backpropagation through invertible neural networks."""
+"""invlib: constant-memory backpropagation through invertible neural networks.
 
+Layers (every one an :class:`Invertible`, with ``forward``, ``inverse`` and the reverse step):
+:class:`InvertibleLinear`, :class:`LULinear`, :class:`LeakyReLU`, :class:`Asinh`, :class:`ELU`,
+:class:`AdditiveCoupling`, :class:`CircularConv1d`, :class:`CircularConv2d`; and the container
+:class:`InvertibleSequential`, whose backward rebuilds every activation by inversion instead of
+storing it.
+
+Sub-modules: :mod:`invlib.costs` (analytic memory and FLOP model), :mod:`invlib.memory`
+(allocator-level peak memory), :mod:`invlib.compare` (one training step by plain autograd,
+checkpointing or inversion), :mod:`invlib.ode` (neural-ODE solvers and the adjoint method),
+:mod:`invlib.reference` (the seed post's algorithm in NumPy), and :func:`invlib.sliders.slider` (the book's
+figures with sliders).
+"""
+
+from . import compare, costs, memory, ode, reference
 from .activations import ELU, Asinh, LeakyReLU
 from .base import Invertible
 from .conv import CircularConv1d, CircularConv2d
@@ -7,6 +21,7 @@ from .coupling import AdditiveCoupling
 from .linear import InvertibleLinear
 from .lu_linear import LULinear
 from .sequential import InvertibleSequential
+from .sliders import slider
 
 __all__ = [
     "ELU",
@@ -19,10 +34,10 @@ __all__ = [
     "InvertibleSequential",
     "LULinear",
     "LeakyReLU",
+    "compare",
+    "costs",
+    "memory",
+    "ode",
+    "reference",
+    "slider",
 ]
-
-# Added by the lead (not the layer engine): book helpers and sub-modules.
-from . import compare, costs, memory, ode, reference
-from .sliders import slider
-
-__all__ += ["compare", "costs", "memory", "ode", "reference", "slider"]
