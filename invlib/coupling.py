@@ -109,28 +109,26 @@ class AdditiveCoupling(Invertible):
         x1_bar, x2_bar = x_bar.narrow(1, 0, half), x_bar.narrow(1, half, half)
 
         # ---- G stage: x2 = y2 - G(y1);  y1_total = y1_bar + G'(y1)^T y2_bar  (stored in x1_bar)
-        # The leaves alias y's storage but own their version counters (_alias), so writing the
-        # other half of the same buffer before the backward does not trip autograd's checks.
-        y1_leaf = _alias(y1).requires_grad_()
-        with torch.enable_grad():
-            g = self._call(self.G, "G", y1_leaf)
-        torch.sub(y2, g, out=x2)
-        _release_if_unshared(g)
-        _backward(g, y2_bar)
-        del g
-        _add_grad(y1_bar, y1_leaf, out=x1_bar)
-        del y1_leaf
-
+        self._undo(self.G, "G", y1, y2, x2, y2_bar, y1_bar, x1_bar)
         # ---- F stage: x1 = y1 - F(x2);  x2_bar = y2_bar + F'(x2)^T y1_total
-        x2_leaf = _alias(x2).requires_grad_()
-        with torch.enable_grad():
-            f = self._call(self.F, "F", x2_leaf)
-        torch.sub(y1, f, out=x1)
-        _release_if_unshared(f)
-        _backward(f, x1_bar)
-        del f
-        _add_grad(y2_bar, x2_leaf, out=x2_bar)
+        self._undo(self.F, "F", x2, y1, x1, x1_bar, y2_bar, x2_bar)
         return x, x_bar
+
+    def _undo(self, module: nn.Module, name: str, u: Tensor, v: Tensor, out: Tensor,
+              v_bar: Tensor, u_bar: Tensor, u_bar_out: Tensor) -> None:
+        """One half of the reverse step, for a half ``v = w + M(u)`` of the forward pass:
+        ``out = v - M(u)`` (the rebuilt ``w``) and ``u_bar_out = u_bar + M'(u)^T v_bar``,
+        accumulating ``M``'s parameter gradients on the way. ``out`` and ``u_bar_out`` may
+        alias ``v`` and ``u_bar``. The leaf aliases ``u``'s storage but owns its version counter
+        (_alias), so ``out`` may be written, in the same buffer, before the backward."""
+        leaf = _alias(u).requires_grad_()
+        with torch.enable_grad():
+            m = self._call(module, name, leaf)
+        torch.sub(v, m, out=out)
+        _release_if_unshared(m)
+        _backward(m, v_bar)
+        del m
+        _add_grad(u_bar, leaf, out=u_bar_out)
 
 
 def _alias(t: Tensor) -> Tensor:
