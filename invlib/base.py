@@ -27,8 +27,9 @@ class Invertible(nn.Module):
           x_bar = (dy/dx)^T y_bar,
 
       while *accumulating* ``(dy/dtheta)^T y_bar`` into each parameter's ``.grad`` right away
-      (created when ``None``, added in place otherwise). Nothing is held back until the end of
-      backward, so a network's parameter gradients exist only once, in ``.grad``.
+      (created when ``None``, added in place otherwise; see ``invlib.base.accumulate_grad``).
+      :class:`InvertibleSequential` runs it on leaf aliases of the parameters and returns what
+      they received to autograd, so hooks, DDP and ``autograd.grad`` see every gradient.
       With ``overwrite=True`` the caller hands ``y`` and ``y_bar`` over: the layer may reuse
       their storage for ``x`` and ``x_bar`` (in place), which keeps a deep backward at a fixed,
       small number of activation-sized buffers. Layers are free to ignore it. With
@@ -69,15 +70,21 @@ class Invertible(nn.Module):
         return x, x_bar
 
 
-def accumulate_grad(param: Tensor | None, grad: Tensor) -> None:
-    """Add ``grad`` into ``param.grad`` the way autograd does: create it if absent, else add in place.
+def accumulate_grad(param: Tensor | None, grad: Tensor | None) -> None:
+    """Hand ``grad = dL/dparam`` to autograd's bookkeeping for ``param``.
 
-    Frozen parameters (``requires_grad=False``) and absent ones (``None``, e.g. no bias) are skipped.
+    A leaf (a parameter, or the leaf alias :class:`InvertibleSequential` substitutes for it) gets
+    it added into ``.grad`` the way autograd does: created when absent, added in place otherwise.
+    A tensor computed from leaves (a ``torch.nn.utils.parametrize`` weight, read under
+    ``torch.enable_grad``) passes it on through its graph with ``torch.autograd.backward``.
+    Frozen (``requires_grad=False``) and absent (``None``, e.g. no bias) parameters are skipped.
     ``grad`` must be a fresh tensor owned by the caller, because it may become ``param.grad``.
     """
-    if param is None or not param.requires_grad:
+    if param is None or grad is None or not param.requires_grad:
         return
-    if param.grad is None:
+    if param.grad_fn is not None:
+        torch.autograd.backward(param, grad)
+    elif param.grad is None:
         param.grad = grad.detach()
     else:
         param.grad.add_(grad)

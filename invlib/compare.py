@@ -19,10 +19,14 @@ import torch
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
+from .activations import ELU, Asinh, LeakyReLU
+from .coupling import AdditiveCoupling
+from .linear import InvertibleLinear
+from .lu_linear import LULinear
 from .memory import track_memory
 from .sequential import InvertibleSequential
 
-__all__ = ["METHODS", "chain", "training_step", "StepMemory", "step_memory", "step_seconds",
+__all__ = ["METHODS", "chain", "mixed_net", "training_step", "StepMemory", "step_memory", "step_seconds",
            "StepReport", "compare_methods"]
 
 METHODS = ("plain", "checkpoint", "invertible")
@@ -56,6 +60,38 @@ def chain(layers: Sequence[nn.Module], method: str) -> Callable[[Tensor], Tensor
     if method == "invertible":
         return InvertibleSequential(*layers)
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+def mixed_net(width: int = 8, *, seed: int = 0, invertible: bool = True,
+              dtype: torch.dtype = torch.float64) -> nn.Module:
+    """One of each kind of dense layer, as a user would stack them: ``InvertibleLinear``,
+    ``LeakyReLU(0.5)``, ``AdditiveCoupling(MLP, MLP)``, ``LULinear``, ``Asinh``,
+    ``AdditiveCoupling(MLP, MLP)``, ``ELU``, where ``MLP = Linear, Tanh, Linear`` on ``width/2``.
+
+    Built from ``seed`` alone (the same network on every call), parameters moved off their
+    orthogonal/zero initialisation so that no comparison passes by symmetry. ``invertible``:
+    an :class:`invlib.InvertibleSequential`, else an ``nn.Sequential`` of the same layers (plain backprop).
+    ``width`` must be even. Used by the training-loop tests and chapter, and by
+    :func:`invlib.distributed.ddp_agreement` (it is picklable through ``functools.partial``).
+    """
+    if width < 2 or width % 2:
+        raise ValueError(f"mixed_net: width must be an even int >= 2, got {width!r}")
+    default = torch.get_default_dtype()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        torch.set_default_dtype(torch.float64)  # the same draws whatever the caller's default
+        try:
+            half = width // 2
+            mlp = lambda: nn.Sequential(nn.Linear(half, half), nn.Tanh(), nn.Linear(half, half))  # noqa: E731
+            layers = [InvertibleLinear(width), LeakyReLU(0.5), AdditiveCoupling(mlp(), mlp()), LULinear(width),
+                      Asinh(), AdditiveCoupling(mlp(), mlp()), ELU()]
+            net = (InvertibleSequential if invertible else nn.Sequential)(*layers).to(dtype)
+            with torch.no_grad():
+                for p in net.parameters():
+                    p.add_(0.1 * torch.randn_like(p))
+        finally:
+            torch.set_default_dtype(default)
+    return net
 
 
 def training_step(forward: Callable[[Tensor], Tensor], x: Tensor) -> float:

@@ -119,18 +119,23 @@ class _CircularConv(Invertible):
         return torch.fft.irfftn(x_hat.permute(2, 1, 0).reshape(batch, channels, *nfreq), s=size, dim=dims)
 
     def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
+        with torch.enable_grad():  # a parametrised weight is computed once, with its graph
+            weight, bias = self.weight, self.bias
         with torch.no_grad():
             x = self.inverse(y)
             spatial = tuple(range(2, 2 + self.spatial_dims))
             # Adjoint of circular correlation: correlate with the transposed, flipped kernel,
             # padding mirrored (q left, p right), since x_bar[m] = sum_j W_j^T y_bar[m - j + p].
-            adjoint_kernel = self.weight.transpose(0, 1).flip(spatial)
+            adjoint_kernel = weight.detach().transpose(0, 1).flip(spatial)
             x_bar = self._conv(self._circular_pad(y_bar, *reversed(self.pad)), adjoint_kernel, None)
-            if self.weight.requires_grad:
+            weight_bar = bias_bar = None
+            if weight.requires_grad:
                 weight_grad = torch.nn.grad.conv1d_weight if self.spatial_dims == 1 else torch.nn.grad.conv2d_weight
-                accumulate_grad(self.weight, weight_grad(self._circular_pad(x, *self.pad), self.weight.shape, y_bar))
-            if self.bias is not None:
-                accumulate_grad(self.bias, y_bar.sum((0, *spatial)))
+                weight_bar = weight_grad(self._circular_pad(x, *self.pad), weight.shape, y_bar)
+            if bias is not None:
+                bias_bar = y_bar.sum((0, *spatial))
+        accumulate_grad(weight, weight_bar)
+        accumulate_grad(bias, bias_bar)
         return x, x_bar
 
     def extra_repr(self) -> str:

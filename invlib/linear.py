@@ -97,19 +97,24 @@ class InvertibleLinear(Invertible):
         return F.linear(self._check(x, "x"), self.weight, self.bias)
 
     def inverse(self, y: Tensor) -> Tensor:
-        y = self._check(y, "y")
-        lu, pivots, _ = torch.linalg.lu_factor_ex(self.weight)
-        check_pivots(torch.diagonal(lu).unsqueeze(0), owner="InvertibleLinear", matrices=self.weight)
-        return solve_lu_right(y, self.bias, pivots_to_columns(pivots), lu, lu)
+        return self._solve(self._check(y, "y"), self.weight, self.bias)
+
+    def _solve(self, y: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        lu, pivots, _ = torch.linalg.lu_factor_ex(weight)
+        check_pivots(torch.diagonal(lu).unsqueeze(0), owner="InvertibleLinear", matrices=weight)
+        return solve_lu_right(y, bias, pivots_to_columns(pivots), lu, lu)
 
     def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
+        with torch.enable_grad():  # a parametrised weight is computed once, with its graph
+            weight, bias = self.weight, self.bias
         with torch.no_grad():
-            x = self.inverse(y)
-            accumulate_grad(self.weight, y_bar.mT @ x)
-            if self.bias is not None:
-                accumulate_grad(self.bias, y_bar.sum(0))
+            x = self._solve(self._check(y, "y"), weight.detach(), None if bias is None else bias.detach())
+            weight_bar = y_bar.mT @ x
+            bias_bar = None if bias is None else y_bar.sum(0)
             # y is spent once x exists: when it is ours, x_bar goes into its memory.
-            x_bar = torch.matmul(y_bar, self.weight, out=y) if overwrite else y_bar @ self.weight
+            x_bar = torch.matmul(y_bar, weight.detach(), out=y) if overwrite else y_bar @ weight.detach()
+        accumulate_grad(weight, weight_bar)
+        accumulate_grad(bias, bias_bar)
         return x, x_bar
 
     def extra_repr(self) -> str:

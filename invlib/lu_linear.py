@@ -94,27 +94,27 @@ class LULinear(Invertible):
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(self._check(x, "x"), self.weight, self.bias)
 
-    def _solve(self, y: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
+    def _solve(self, y: Tensor, lower: Tensor, upper: Tensor, bias: Tensor | None) -> Tensor:
         check_pivots(torch.diagonal(upper).unsqueeze(0), owner="LULinear", matrices=lambda: lower @ upper)
-        return solve_lu_right(y, self.bias, torch.argsort(self.perm), lower, upper)  # P[i, perm[i]] = 1
+        return solve_lu_right(y, bias, torch.argsort(self.perm), lower, upper)  # P[i, perm[i]] = 1
 
     def inverse(self, y: Tensor) -> Tensor:
-        return self._solve(self._check(y, "y"), *self._factors())
+        return self._solve(self._check(y, "y"), *self._factors(), self.bias)
 
     def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
         # The factors -> W graph is O(features^2) memory and cheap; W_bar = y_bar^T x is pushed
         # through it by autograd instead of hand-deriving the gradients of L, U and log_s.
         with torch.enable_grad():
             lower, upper = self._factors()
-            weight = (lower @ upper)[self.perm]
+            weight, bias = (lower @ upper)[self.perm], self.bias
         with torch.no_grad():
-            x = self._solve(self._check(y, "y"), lower.detach(), upper.detach())
+            x = self._solve(self._check(y, "y"), lower.detach(), upper.detach(),
+                            None if bias is None else bias.detach())
             x_bar = y_bar @ weight.detach()
             weight_bar = y_bar.mT @ x
-            if self.bias is not None:
-                accumulate_grad(self.bias, y_bar.sum(0))
-        if weight.requires_grad:
-            torch.autograd.backward(weight, weight_bar)
+            bias_bar = None if bias is None else y_bar.sum(0)
+        accumulate_grad(weight, weight_bar)
+        accumulate_grad(bias, bias_bar)
         return x, x_bar
 
     def extra_repr(self) -> str:

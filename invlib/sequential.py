@@ -8,11 +8,19 @@ layers in reverse, rebuilding each input from its output with :meth:`Invertible.
 
 so activation memory is O(1) in depth (one activation and one cotangent at a time).
 Gomez et al., "The Reversible Residual Network", 2017 (arXiv 1707.04585), section 4.
+
+How it sits in autograd: one node per layer, chained like the plain loop's layers, whose inputs
+are the layer's input and every tensor the layer reads (parameters and buffers, as they are when
+forward runs). Each node's backward returns the parameter gradients to autograd, which
+accumulates them (hooks, DDP's reducer, ``parametrize``, ``autograd.grad`` and
+``backward(inputs=...)`` all see them) before the next node runs. The rebuilt activation is the
+one thing passed from node to node outside the tape, by a :class:`_Relay`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -30,23 +38,26 @@ class InvertibleSequential(Invertible):
     plain-backprop baseline over the same layers. ``x``: one tensor, the first layer's input shape.
 
     ``forward(x)`` runs the layers as is when autograd has nothing to record (grad disabled, or
-    neither ``x`` nor any parameter requires grad). Otherwise it runs them under ``no_grad``
-    inside one ``autograd.Function`` that saves only ``y``, and backward calls
-    ``layer.reverse`` from the last layer to the first.
+    neither ``x`` nor any parameter requires grad). Otherwise each layer runs inside its own
+    ``autograd.Function`` that tapes nothing and saves nothing; backward calls ``layer.reverse``
+    from the last layer to the first, on the activation the previous node rebuilt.
 
-    Limitations (by design; use the plain loop when they matter):
+    Behaves like any module in a training loop: parameter gradients reach autograd through the
+    graph, so ``loss.backward()``, ``torch.autograd.grad(loss, params)``, ``backward(inputs=...)``,
+    tensor and post-accumulate hooks, ``DistributedDataParallel`` (all modes), ``parametrize``
+    and ``torch.func.functional_call`` work, and a parameter changed in place between forward
+    and backward raises, as in plain autograd.
 
-    * Parameter gradients are accumulated into ``.grad`` *by side effect* during backward, as
-      soon as each layer is reached, so that they never exist twice. Parameters are not inputs of
-      the autograd graph: ``torch.autograd.grad(loss, params)`` does not see them (it raises for
-      unused inputs), ``torch.autograd.grad(loss, x)`` still fills ``.grad`` of the parameters,
-      and per-parameter tensor hooks (``param.register_hook``) are not called. Use ``loss.backward()``.
-    * No double backward (``create_graph=True``): the backward is ``once_differentiable``; and
-      one backward per forward (``retain_graph=True`` is refused): the output's memory is
-      released during the first backward.
+    Limitations (each raises rather than giving a wrong gradient):
+
+    * One backward per forward: the activations are rebuilt, and the output's memory reused,
+      during the first backward (``retain_graph=True`` followed by a second backward raises).
+    * No double backward (``create_graph=True`` then differentiating again raises).
     * Modifying the output in place before backward raises, as it would for a saved tensor.
-    * The input must be a single tensor, and every layer must be deterministic and stateless in
-      forward (no dropout, no BatchNorm statistics), since reverse re-evaluates sub-networks.
+    * The input is a single tensor, and every layer is deterministic and stateless in forward
+      (training-mode dropout and BatchNorm are refused), since reverse re-evaluates sub-networks.
+      Sub-networks may read only their own parameters and buffers (a tensor captured from
+      outside the module, e.g. a context with its own history, is not an input of the graph).
     * Gradients are as accurate as the reconstruction: each inversion adds rounding error scaled
       by the layer's condition number, so badly conditioned or very deep stacks drift from
       plain backprop (tests check agreement to 1e-9 relative in float64 up to depth 33).
@@ -77,16 +88,16 @@ class InvertibleSequential(Invertible):
         if not isinstance(x, Tensor):
             raise TypeError(f"InvertibleSequential: x must be a single torch.Tensor, got {type(x).__name__}")
         records = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
-        if not records or len(self.layers) == 0:
+        if not records:
             for layer in self.layers:
                 x = layer(x)
             return x
-        # The zero-size dummy requires grad so that autograd calls backward even when x does not;
-        # the parameters are deliberately *not* inputs (autograd would then hold all their
-        # gradients until backward ends instead of letting reverse accumulate them one by one).
         _check_stateless(self)
-        dummy = torch.empty(0, device=x.device, requires_grad=True)
-        return _ReverseByInversion.apply(x, dummy, tuple(self.layers))
+        relay, last = _Relay(), len(self.layers) - 1
+        for index, layer in enumerate(self.layers):
+            state = _State(layer)
+            x = _ReverseStep.apply(x, relay, index, index == last, state, *state.tensors)
+        return x
 
     def inverse(self, y: Tensor) -> Tensor:
         for layer in reversed(self.layers):
@@ -94,65 +105,142 @@ class InvertibleSequential(Invertible):
         return y
 
     def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
-        return _sweep(self.layers, y, y_bar, owned=overwrite)
+        owned = overwrite
+        for layer in reversed(self.layers):
+            x, x_bar = layer.reverse(y, y_bar, overwrite=owned)
+            owned = owned or _unshared(x, x_bar, y, y_bar)
+            y, y_bar = x, x_bar
+        return y, y_bar
 
 
-class _ReverseByInversion(torch.autograd.Function):
-    """Forward without a tape; backward by inverting the layers one at a time."""
+def _unshared(x: Tensor, x_bar: Tensor, y: Tensor, y_bar: Tensor) -> bool:
+    """True if a reverse step's results share no memory with its inputs: then they are ours to reuse
+    (a layer may return its input itself, e.g. an identity, which stays the caller's)."""
+    return not (shares_memory(x, y, y_bar) or shares_memory(x_bar, y, y_bar))
+
+
+class _State:
+    """Every tensor one layer reads: the (module, dict, name) slots of its parameters and buffers
+    and what they hold when forward runs (a parametrisation's ``original``, or what
+    ``torch.func.functional_call`` substituted), with their version counters after forward."""
+
+    def __init__(self, layer: Invertible) -> None:
+        self.layer = layer
+        self.slots = [(module, kind, name) for module in layer.modules()
+                      for kind in ("_parameters", "_buffers")
+                      for name, t in getattr(module, kind).items() if t is not None]
+        self.tensors = tuple(getattr(module, kind)[name] for module, kind, name in self.slots)
+        self.versions: list[int] = []
+
+    def record_versions(self) -> None:
+        self.versions = [t._version for t in self.tensors]
+
+    def check_versions(self, index: int) -> None:
+        for (module, kind, name), t, version in zip(self.slots, self.tensors, self.versions):
+            if t._version != version:
+                what = "parameter" if kind == "_parameters" else "buffer"
+                raise RuntimeError(
+                    f"InvertibleSequential: layer {index} ({type(self.layer).__name__}) {what} "
+                    f"{type(module).__name__}.{name} was modified by an inplace operation between "
+                    f"forward and backward (version {version} -> {t._version}); one of the variables "
+                    "needed for gradient computation has been modified by an inplace operation. "
+                    "Call backward before changing parameters (e.g. before optimizer.step())."
+                )
+
+    @contextmanager
+    def substituted(self, tensors: Sequence[Tensor]) -> Iterator[None]:
+        """Let the layer read ``tensors`` instead of what its slots hold now, for the duration."""
+        held = [getattr(module, kind)[name] for module, kind, name in self.slots]
+        try:
+            for (module, kind, name), t in zip(self.slots, tensors):
+                getattr(module, kind)[name] = t
+            yield
+        finally:
+            for (module, kind, name), t in zip(self.slots, held):
+                getattr(module, kind)[name] = t
+
+
+class _Relay:
+    """The activation handed from one reverse step to the next, outside autograd's tape.
+
+    ``y`` is the output of layer ``index`` (the forward's result at first), ``y_bar`` the
+    cotangent the step after it returned to autograd, and ``owned`` says whether both are ours
+    to overwrite (never the caller's output, nor memory another tensor shares).
+    """
+
+    def __init__(self) -> None:
+        self.index: int | None = None
+        self.y: Tensor | None = None
+        self.y_bar: Tensor | None = None
+        self.version = 0
+        self.owned = False
+
+    def hand_over(self, index: int, y: Tensor, y_bar: Tensor | None, owned: bool) -> None:
+        self.index, self.y, self.y_bar, self.owned = index, y, y_bar, owned
+
+    def take(self, index: int, y_bar: Tensor, layer: Invertible) -> tuple[Tensor, Tensor, bool]:
+        if self.index != index or self.y is None:
+            raise RuntimeError(
+                "InvertibleSequential: backward ran twice through the same forward pass; activations "
+                "are rebuilt, and the output's memory reused, during the first backward "
+                "(retain_graph=True is not supported). Run the forward pass again before a second backward."
+            )
+        y, handed, self.y, self.y_bar = self.y, self.y_bar, None, None
+        if handed is None:  # the last layer: y is the caller's output
+            if y._version != self.version:
+                raise RuntimeError(
+                    "InvertibleSequential: the output of the forward pass was modified in place before "
+                    "backward, so the activations cannot be rebuilt from it; clone the output before "
+                    "modifying it (y = net(x).clone())."
+                )
+            # Ours once the caller has let go of it; the engine's cotangent is copied to match.
+            owned = layer.reverse_in_place and sole_reference(y)
+            return y, (y_bar.clone() if owned else y_bar), owned
+        # The engine passes on exactly what the step above returned, unless a hook replaced it.
+        return y, y_bar, self.owned and y_bar is handed
+
+
+class _ReverseStep(torch.autograd.Function):
+    """One layer: forward without a tape; backward by inverting the layer (``layer.reverse``)."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, dummy: Tensor, layers: tuple[Invertible, ...]) -> Tensor:
-        # ---- forward: autograd is off inside Function.forward, so nothing is taped. Detaching
-        # also keeps module hooks (e.g. FlopCounterMode's tracker) from treating x as a graph input.
-        x = x.detach()
-        for layer in layers:
-            x = layer(x)
-        ctx.layers = layers
-        # The only tensor kept from forward to backward. It is held in a list rather than by
-        # save_for_backward so that backward can drop it after the first reverse step: once the
-        # caller has let go of the output, its memory is then free for the rest of the sweep.
-        # A detached alias creates no reference cycle and shares the output's version counter,
-        # which stands in for save_for_backward's check against in-place changes.
-        ctx.output = [x.detach()]
-        ctx.output_version = x._version
-        return x
+    def forward(ctx: Any, x: Tensor, relay: _Relay, index: int, last: bool, state: _State,
+                *tensors: Tensor) -> Tensor:
+        # Autograd is off inside Function.forward, so nothing is taped. Detaching also keeps
+        # module hooks (e.g. FlopCounterMode's tracker) from treating x as a graph input.
+        y = state.layer(x.detach())
+        state.record_versions()
+        ctx.relay, ctx.index, ctx.state = relay, index, state
+        if last:
+            # The only activation kept from forward to backward, outside save_for_backward so the
+            # sweep can drop it after the first step. A detached alias creates no reference cycle
+            # and shares the output's version counter (checked in backward).
+            relay.hand_over(index, y.detach(), None, False)
+            relay.version = y._version
+        return y
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, y_bar: Tensor) -> tuple[Tensor | None, None, None]:
-        if not ctx.output:
-            raise RuntimeError(
-                "InvertibleSequential: backward ran twice through the same forward pass; its output "
-                "is released during the first backward (retain_graph=True is not supported). "
-                "Run the forward pass again before a second backward."
-            )
-        y = ctx.output.pop()
-        if y._version != ctx.output_version:
-            raise RuntimeError(
-                "InvertibleSequential: the output of the forward pass was modified in place before "
-                "backward, so the activations cannot be rebuilt from it; clone the output before "
-                "modifying it (y = net(x).clone())."
-            )
-        # ---- reverse sweep. The incoming cotangent belongs to the engine, and the output to the
-        # caller unless nothing else references it any more. If the output is ours and the last
-        # layer rebuilds in place, copying the cotangent makes both buffers ours from the start.
-        owned = ctx.layers[-1].reverse_in_place and sole_reference(y)
-        if owned:
-            y_bar = y_bar.clone()
-        x, x_bar = _sweep(ctx.layers, y, y_bar, owned=owned)
-        return (x_bar if ctx.needs_input_grad[0] else None), None, None
-
-
-def _sweep(layers, y: Tensor, y_bar: Tensor, owned: bool) -> tuple[Tensor, Tensor]:
-    """Reverse steps from the last layer to the first. Buffers are handed over for reuse
-    (``overwrite=True``) only while we own them: the inputs if ``owned``, else the first results
-    that share no memory with the inputs (a layer may return its input itself, e.g. an identity)."""
-    for layer in reversed(layers):
-        x, x_bar = layer.reverse(y, y_bar, overwrite=owned)
-        if not owned:
-            owned = not (shares_memory(x, y, y_bar) or shares_memory(x_bar, y, y_bar))
-        y, y_bar = x, x_bar
-    return y, y_bar
+    def backward(ctx: Any, y_bar: Tensor) -> tuple[Tensor | None, ...]:
+        relay, index, state = ctx.relay, ctx.index, ctx.state
+        layer = state.layer
+        y, y_bar, owned = relay.take(index, y_bar, layer)
+        state.check_versions(index)
+        # ---- reverse step, on detached leaf aliases of what the layer read in forward, so that
+        # its parameter gradients land here (and are returned) rather than in the real `.grad`.
+        leaves = [t.detach().requires_grad_(t.requires_grad and t.is_floating_point()) for t in state.tensors]
+        with state.substituted(leaves):
+            x, x_bar = layer.reverse(y, y_bar, overwrite=owned)
+        owned = owned or _unshared(x, x_bar, y, y_bar)
+        del y
+        # ---- hand x to the step below (if autograd will run one), the gradients to autograd.
+        if index > 0 and ctx.needs_input_grad[0]:
+            relay.hand_over(index - 1, x, x_bar, owned)
+        grads = []
+        for leaf in leaves:
+            grads.append(leaf.grad)
+            leaf.grad = None
+        return (x_bar if ctx.needs_input_grad[0] else None), None, None, None, None, *grads
 
 
 _STATEFUL = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)

@@ -156,13 +156,6 @@ def test_no_double_backward():
         g.sum().backward()
 
 
-def test_autograd_grad_on_parameters_is_not_supported():
-    """Documented limitation: parameters are not graph inputs, so autograd.grad cannot see them."""
-    net = invlib.InvertibleSequential(invlib.InvertibleLinear(3))
-    with pytest.raises(RuntimeError, match=r"not have been used in the graph"):
-        torch.autograd.grad(net(torch.randn(2, 3)).sum(), list(net.parameters()))
-
-
 @pytest.mark.parametrize("make", [lambda: invlib.LeakyReLU(float("inf")), lambda: invlib.ELU(float("inf"))])
 def test_infinite_slope_or_alpha_is_refused(make):
     with pytest.raises(ValueError, match="finite"):
