@@ -97,10 +97,21 @@ def ddp_agreement(build: Callable[[], nn.Module], x: Tensor, target: Tensor, *,
         raise ValueError(f"ddp_agreement: the batch ({len(x)}) must be divisible by 2 * world_size = "
                          f"{2 * world_size} so that shards and micro-batches are equal")
     reference = train_single(build, x, target, steps, lr)
+    # The ranks talk over loopback only, and keep the reducer's advice (e.g. that
+    # find_unused_parameters found none) out of the caller's output; errors still propagate.
+    child_env = {"GLOO_SOCKET_IFNAME": "lo", "TORCH_CPP_LOG_LEVEL": "ERROR"}
+    saved = {k: os.environ.get(k) for k in child_env}
     with tempfile.TemporaryDirectory() as folder:
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # the ranks talk over loopback only
-        mp.spawn(_worker, args=(world_size, build, x, target, tuple(modes), steps, lr, folder),
-                 nprocs=world_size, join=True)
+        try:
+            os.environ.update(child_env)  # read by each rank when it starts and imports torch
+            mp.spawn(_worker, args=(world_size, build, x, target, tuple(modes), steps, lr, folder),
+                     nprocs=world_size, join=True)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         result = {}
         for mode in modes:
             worst = 0.0

@@ -226,3 +226,10 @@ def test_frozen_prefix_is_not_reversed():
     assert not calls
     _assert_grads_equal([p.grad for p in net.parameters() if p.requires_grad],
                         [p.grad for p in plain.parameters() if p.requires_grad], "frozen prefix")
+
+
+def test_torch_compile_gives_the_plain_gradients():
+    (net, plain), (x, target) = _nets(), _data()
+    _loss(torch.compile(net, backend="aot_eager"), x, target).backward()
+    _loss(plain, x, target).backward()
+    _assert_grads_equal([p.grad for p in net.parameters()], [p.grad for p in plain.parameters()], "compile")
