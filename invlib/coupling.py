@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_tensor
+from ._replay import rng_point
 from ._storage import sole_reference
 from .base import Invertible
 
@@ -18,9 +19,10 @@ class AdditiveCoupling(Invertible):
     """``y1 = x1 + F(x2)``, ``y2 = x2 + G(y1)``, with ``x = (x1, x2)`` split in halves along dim 1.
 
     Inverse: ``x2 = y2 - G(y1)``, ``x1 = y1 - F(x2)``: only F and G are *evaluated*, never inverted,
-    so they can be any deterministic, stateless modules mapping the half shape
-    ``(batch, C/2, ...)`` to itself (no dropout or batch-norm statistics in training mode: the
-    reverse step runs them again; :class:`InvertibleSequential` refuses such modules).
+    so they can be any modules mapping the half shape ``(batch, C/2, ...)`` to itself. Dropout
+    and batch norm in training mode are fine inside :class:`InvertibleSequential`, which replays
+    the random state recorded before each of F and G (``invlib._replay``) and the buffers as they
+    were before the forward; a reverse step called on its own replays nothing.
     Conditioning: the inverse subtracts what the forward added, so rounding errors are not
     amplified by a slope, but they scale with the size of the activations: when the residual
     streams grow to ``|y| >> |x|``, ``y2 - G(y1)`` cancels and the rebuilt ``x`` loses about
@@ -38,11 +40,6 @@ class AdditiveCoupling(Invertible):
     Cost: one forward and one backward of F and of G, i.e. about 4/3 of plain backprop's
     forward + backward; re-running the forward after inverting (MemCNN, RevLib) costs 5/3.
 
-    Conditioning: the inverse subtracts what the forward added, so rounding error grows
-    additively with depth, but it grows with the magnitude of F and G outputs: if activations grow
-    through the stack, the reconstructed inputs lose relative precision. F and G must be
-    deterministic (no dropout) and must not update state in forward (BatchNorm running
-    statistics would be updated again when they are re-evaluated in reverse).
     """
 
     reverse_in_place = True
@@ -65,8 +62,8 @@ class AdditiveCoupling(Invertible):
         half = t.shape[1] // 2
         return t.narrow(1, 0, half), t.narrow(1, half, half)
 
-    @staticmethod
-    def _call(module: nn.Module, name: str, t: Tensor) -> Tensor:
+    def _call(self, module: nn.Module, name: str, t: Tensor) -> Tensor:
+        rng_point(self, name)  # forward records, reverse restores: dropout draws the same masks
         out = module(t)
         if out.shape != t.shape:
             raise ValueError(

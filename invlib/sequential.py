@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from ._replay import recording, replaying
 from ._storage import shares_memory, sole_reference
 from .base import Invertible
 
@@ -48,16 +49,22 @@ class InvertibleSequential(Invertible):
     and ``torch.func.functional_call`` work, and a parameter changed in place between forward
     and backward raises, as in plain autograd.
 
+    Randomness and state are replayed, as ``torch.utils.checkpoint`` does: each layer's reverse
+    step restores the random-number state its forward started from (and a coupling block the
+    state before each of F and G), so dropout, module or functional, draws the same masks; and
+    it runs on copies of the training-mode buffers as they were before the forward, so batch
+    norm normalises with the same batch statistics and its running statistics (like spectral
+    norm's power-iteration vectors) are updated once, by the forward.
+
     Limitations (each raises rather than giving a wrong gradient):
 
     * One backward per forward: the activations are rebuilt, and the output's memory reused,
       during the first backward (``retain_graph=True`` followed by a second backward raises).
     * No double backward (``create_graph=True`` then differentiating again raises).
     * Modifying the output in place before backward raises, as it would for a saved tensor.
-    * The input is a single tensor, and every layer is deterministic and stateless in forward
-      (training-mode dropout and BatchNorm are refused), since reverse re-evaluates sub-networks.
-      Sub-networks may read only their own parameters and buffers (a tensor captured from
-      outside the module, e.g. a context with its own history, is not an input of the graph).
+    * The input is a single tensor. Sub-networks may read only their own parameters and
+      buffers (a tensor captured from outside the module, e.g. a context with its own history,
+      is not an input of the graph).
     * Gradients are as accurate as the reconstruction: each inversion adds rounding error scaled
       by the layer's condition number, so badly conditioned or very deep stacks drift from
       plain backprop (tests check agreement to 1e-9 relative in float64 up to depth 33).
@@ -92,8 +99,8 @@ class InvertibleSequential(Invertible):
             for layer in self.layers:
                 x = layer(x)
             return x
-        _check_stateless(self)
-        relay, last = _Relay(), len(self.layers) - 1
+        relay = _Relay()
+        last = relay.last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
             state = _State(layer)
             x = _ReverseStep.apply(x, relay, index, index == last, state, *state.tensors)
@@ -131,6 +138,19 @@ class _State:
                       for name, t in getattr(module, kind).items() if t is not None]
         self.tensors = tuple(getattr(module, kind)[name] for module, kind, name in self.slots)
         self.versions: list[int] = []
+        # Buffers of modules in training mode as they are *before* forward: a forward may update
+        # them (batch-norm running statistics, spectral norm's power iteration), and the reverse
+        # step must start from the same values and leave the real ones updated once.
+        self.before = {i: t.clone() for i, ((module, kind, _), t) in enumerate(zip(self.slots, self.tensors))
+                       if kind == "_buffers" and module.training}
+        self.rng: dict = {}  # generator states before each sub-network (invlib._replay)
+
+    def leaves(self) -> list[Tensor]:
+        """What the reverse step reads: detached leaf aliases of the parameters (their gradients
+        are collected there) and fresh copies of the pre-forward training-mode buffers."""
+        return [self.before[i] if i in self.before
+                else t.detach().requires_grad_(t.requires_grad and t.is_floating_point())
+                for i, t in enumerate(self.tensors)]
 
     def record_versions(self) -> None:
         self.versions = [t._version for t in self.tensors]
@@ -169,6 +189,7 @@ class _Relay:
     """
 
     def __init__(self) -> None:
+        self.last = 0
         self.index: int | None = None
         self.y: Tensor | None = None
         self.y_bar: Tensor | None = None
@@ -208,7 +229,8 @@ class _ReverseStep(torch.autograd.Function):
                 *tensors: Tensor) -> Tensor:
         # Autograd is off inside Function.forward, so nothing is taped. Detaching also keeps
         # module hooks (e.g. FlopCounterMode's tracker) from treating x as a graph input.
-        y = state.layer(x.detach())
+        with recording(state.rng, x.device):
+            y = state.layer(x.detach())
         state.record_versions()
         ctx.relay, ctx.index, ctx.state = relay, index, state
         if last:
@@ -227,10 +249,20 @@ class _ReverseStep(torch.autograd.Function):
         y, y_bar, owned = relay.take(index, y_bar, layer)
         state.check_versions(index)
         # ---- reverse step, on detached leaf aliases of what the layer read in forward, so that
-        # its parameter gradients land here (and are returned) rather than in the real `.grad`.
-        leaves = [t.detach().requires_grad_(t.requires_grad and t.is_floating_point()) for t in state.tensors]
-        with state.substituted(leaves):
-            x, x_bar = layer.reverse(y, y_bar, overwrite=owned)
+        # its parameter gradients land here (and are returned) rather than in the real `.grad`;
+        # with the forward's random state, so dropout draws the forward's masks.
+        leaves = state.leaves()
+        try:
+            with state.substituted(leaves), replaying(state.rng, y.device):
+                x, x_bar = layer.reverse(y, y_bar, overwrite=owned)
+        except Exception as error:
+            if index < relay.last:
+                error.add_note(
+                    f"InvertibleSequential: this error came from the reverse step of layer {index} "
+                    f"({type(layer).__name__}); layers {index + 1} to {relay.last} had already handed "
+                    "their parameter gradients to autograd, so .grad holds part of this backward: "
+                    "call zero_grad() before the next step.")
+            raise
         owned = owned or _unshared(x, x_bar, y, y_bar)
         del y
         # ---- hand x to the step below (if autograd will run one), the gradients to autograd.
@@ -241,19 +273,3 @@ class _ReverseStep(torch.autograd.Function):
             grads.append(leaf.grad)
             leaf.grad = None
         return (x_bar if ctx.needs_input_grad[0] else None), None, None, None, None, *grads
-
-
-_STATEFUL = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
-
-
-def _check_stateless(module: nn.Module) -> None:
-    """Refuse sub-modules whose forward differs between runs or updates state when run again."""
-    for name, sub in module.named_modules():
-        if isinstance(sub, _STATEFUL) and sub.training:
-            kind = type(sub).__name__
-            raise ValueError(
-                f"InvertibleSequential: sub-module {name or '(root)'} is a {kind} in training mode; "
-                "the reverse step re-runs sub-networks, so dropout would draw new masks and batch "
-                "norm would update its running statistics twice. Call .eval() on it, or train "
-                "these layers with the plain loop."
-            )
