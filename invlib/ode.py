@@ -114,16 +114,17 @@ def adjoint_grad(f: nn.Module, x0: Tensor, t1: float, steps: int,
                  method: str = "rk4") -> tuple[Tensor, tuple[Tensor, ...]]:
     r"""``(x0_bar, theta_bar)``: the gradient of ``L(x(t1))`` by the continuous adjoint method.
 
-    With the adjoint ``a(t) = dL/dx(t)`` and ``g(t)`` the parameter gradient gathered on
-    ``[t, t1]``, the augmented system
+    With the adjoint ``a(t) = grad_{x(t)} L``, a column vector shaped like ``x(t)``, and ``g(t)``
+    the parameter gradient gathered on ``[t, t1]``, the augmented system
 
-    .. math:: \dot x = f(x), \qquad \dot a = -a^\top \partial_x f(x), \qquad
-              \dot g = -a^\top \partial_\theta f(x)
+    .. math:: \dot x = f(x), \qquad \dot a = -(\partial_x f(x))^\top a, \qquad
+              \dot g = -(\partial_\theta f(x))^\top a
 
     is integrated from ``t1`` back to ``0`` by ``method``, from ``a(t1) = loss_grad(x(t1))``
     and ``g(t1) = 0``; ``x0_bar = a(0)``, ``theta_bar = g(0)`` (one tensor per parameter of
     ``f``, in order). ``x(t1)`` comes from a forward solve without a tape; the backward solve
-    rebuilds ``x(t)`` as ``method(f, x(t1), -t1, steps)`` does. One ``f`` call and VJP per stage.
+    rebuilds ``x(t)`` as ``method(f, x(t1), -t1, steps)`` does. One ``f`` call and one
+    vector-Jacobian product ``(d f)^T a`` per stage (for a batch, ``a`` has the shape of ``x``).
 
     Memory: a few state-sized tensors and one copy of the parameters, whatever ``steps`` is.
     When *not* to use it: the result is not the gradient of ``method(f, x0, t1, steps)``; the
