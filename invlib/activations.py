@@ -9,6 +9,7 @@ with no recomputation and no stored input. ReLU is absent on purpose: it maps al
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor
@@ -29,21 +30,49 @@ class LeakyReLU(Invertible):
     itself a LeakyReLU, of slope ``1/a``, so it runs as one fused kernel. Reverse:
     ``x_bar = y_bar`` where ``x > 0``, ``a y_bar`` elsewhere, with PyTorch's own
     ``leaky_relu_backward`` (the same rule, at ``x = 0`` too, as autograd's). Shapes: any, elementwise.
-    Conditioning: the Jacobian's condition number is ``max(a, 1/a)``; a small slope (the usual
-    0.01) amplifies rounding error of negative outputs by ``1/a`` per layer in the inverse, and
-    deep stacks of such layers can lose all digits. Prefer slopes near 1 in deep invertible nets.
+    Conditioning: the Jacobian's condition number is ``kappa = max(a, 1/a)``. Elementwise the
+    inverse is exact to rounding, but as soon as a neighbouring layer mixes entries, the negative
+    part ``a x`` is known only to within ``eps`` times the largest entry, and ``y / a`` amplifies
+    that by ``1/a``: about ``log10(kappa)`` digits are lost per layer, and deep stacks compound it.
+
+    * ``kappa > 1/eps`` of float64 (``a < 2.2e-16`` or ``a > 4.5e15``): ``ValueError``. Even in
+      float64, the most precise dtype torch computes in, the negative part falls below the
+      rounding error of the positive part and no digit of it survives the inverse; no dtype the
+      layer could later run in helps, so refusing at construction is safe.
+    * ``kappa > 1/sqrt(eps)`` of float32 (``a < 3.5e-4`` or ``a > 2.9e3``): ``UserWarning``. In
+      float32 (torch's default dtype) this one layer loses more than half of the ~7 digits, the
+      threshold at which the matrix layers warn; in float64 it costs ``log10(kappa)`` of ~16.
+      The dtype is unknown at construction, so this warns rather than refuses.
+
+    The usual 0.01 (``kappa = 100``) passes both; prefer slopes near 1 in deep invertible nets.
     """
 
     reverse_in_place = True
 
     def __init__(self, negative_slope: float = 0.01) -> None:
         super().__init__()
-        if not 0.0 < float(negative_slope) < math.inf:
+        a = float(negative_slope)
+        if not 0.0 < a < math.inf:
             raise ValueError(
                 f"negative_slope must be > 0 and finite for LeakyReLU to be invertible, got "
-                f"{float(negative_slope)}; use a positive slope such as 0.01 (0.5 for deep stacks)"
+                f"{a}; use a positive slope such as 0.01 (0.5 for deep stacks)"
             )
-        self.negative_slope = float(negative_slope)
+        kappa = max(a, 1.0 / a)
+        eps64, eps32 = torch.finfo(torch.float64).eps, torch.finfo(torch.float32).eps
+        if kappa > 1.0 / eps64:
+            raise ValueError(
+                f"negative_slope = {a:.3e} makes LeakyReLU's inverse lose every digit: its condition "
+                f"number max(a, 1/a) = {kappa:.3e} exceeds 1/eps = {1 / eps64:.3e} even in float64; use a "
+                "slope between 1e-3 and 1e3, such as 0.01 (0.5 for deep stacks)"
+            )
+        if kappa > 1.0 / math.sqrt(eps32):
+            warnings.warn(
+                f"LeakyReLU: negative_slope = {a:.3e} is badly conditioned: max(a, 1/a) = {kappa:.3e} > "
+                f"1/sqrt(eps) = {1 / math.sqrt(eps32):.3e} of float32, so its inverse loses about "
+                f"{math.log10(kappa):.0f} digits per layer ({-math.log10(eps32):.0f} in float32, "
+                f"{-math.log10(eps64):.0f} in float64); prefer a slope between 1e-3 and 1e3",
+                UserWarning, stacklevel=2)
+        self.negative_slope = a
 
     def forward(self, x: Tensor) -> Tensor:
         return F.leaky_relu(_check(x, "x", "LeakyReLU"), self.negative_slope)
@@ -94,7 +123,8 @@ class ELU(Invertible):
     so reverse is ``x_bar = y_bar * (y + alpha)`` there. Conditioning: as ``y -> -alpha`` the
     inverse's slope ``1/(y + alpha)`` blows up; outputs within rounding of ``-alpha`` (inputs below about
     -36.7 in float64 and -16.6 in float32, where ``exp(x)`` drops below half an ulp of 1) cannot
-    be inverted. Clevert et al. 2015, arXiv 1511.07289.
+    be inverted. ``inverse`` already reduces ``y`` to its minimum for that check, so it also names
+    NaN/inf in ``y`` (for free) instead of blaming the range. Clevert et al. 2015, arXiv 1511.07289.
     """
 
     def __init__(self, alpha: float = 1.0) -> None:
@@ -109,7 +139,14 @@ class ELU(Invertible):
 
     def inverse(self, y: Tensor) -> Tensor:
         y = _check(y, "y", "ELU")
-        lowest = float(y.detach().min()) if y.numel() else 0.0
+        lowest, highest = (float(t) for t in torch.aminmax(y.detach())) if y.numel() else (0.0, 0.0)
+        if not math.isfinite(lowest) or not math.isfinite(highest):
+            count = int((~torch.isfinite(y.detach())).sum())
+            raise ValueError(
+                f"ELU.inverse: y contains NaN or inf ({count} of {y.numel()} entries; min(y) = {lowest}, "
+                f"max(y) = {highest}); ELU maps finite x to finite y, so they come from the network's input "
+                "or output, or from the inverse of a layer after this one; check those for overflow"
+            )
         if not lowest > -self.alpha:
             raise ValueError(
                 f"ELU.inverse: y must be > -alpha = {-self.alpha} (the range of ELU), got min(y) = {lowest}; "

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ._checks import check_pivots, check_positive_int, check_tensor
+from ._checks import check_lu, check_positive_int, check_tensor
 from .base import Invertible, accumulate_grad
 from .linear import random_orthogonal
 
@@ -109,11 +109,13 @@ class _CircularConv(Invertible):
             index = tuple(int(i) for i in torch.unravel_index(torch.tensor(k), nfreq))
             return f"at frequency {index} (spatial size {size})"
 
-        check_pivots(torch.diagonal(lu, dim1=-2, dim2=-1), owner=type(self).__name__, where=where,
-                     matrices=response.reshape(-1, channels, channels))
+        check_lu(lu, pivots, response.reshape(-1, channels, channels), owner=type(self).__name__,
+                 weight=self.weight, where=where)
+        bias = self.bias.view(channels, *(1,) * len(size)) if self.bias is not None else 0.0
+        if batch == 0:  # MKL's FFT refuses an empty batch; there is nothing to solve
+            return y - bias
         # One expression, so each activation-sized temporary (y - b, its spectrum, the solved
         # spectrum) is freed as soon as the next one exists.
-        bias = self.bias.view(channels, *(1,) * len(size)) if self.bias is not None else 0.0
         x_hat = torch.linalg.lu_solve(
             lu, pivots, torch.fft.rfftn(y - bias, dim=dims).reshape(batch, channels, -1).permute(2, 1, 0))
         return torch.fft.irfftn(x_hat.permute(2, 1, 0).reshape(batch, channels, *nfreq), s=size, dim=dims)
@@ -151,9 +153,12 @@ class CircularConv1d(_CircularConv):
     Inverse: FFT, one ``C x C`` complex LU solve per frequency (O(L C^3) to factor, O(batch L C^2)
     to solve), inverse FFT. Reverse: ``x`` by the inverse, ``x_bar`` and the weight gradient by the
     adjoint correlations, with no recomputed forward convolution.
-    Conditioning: cond of the layer is ``max_f sigma_max(H[f]) / min_f sigma_min(H[f])``; a
-    kernel singular at any frequency (e.g. taps summing to a singular matrix, at f = 0) has no
-    inverse and raises ``ValueError``; the pivot-ratio estimate warns above ``1/sqrt(eps)``.
+    Conditioning: in the Fourier domain the layer is block diagonal, so its 1-norm condition number
+    there is ``max_f ||H[f]||_1 * max_f ||H[f]^{-1}||_1``; ``inverse`` estimates it from the LU
+    factors of every ``H[f]`` (Hager-Higham, a few O(C^2) solves per frequency, see ``invlib._checks``).
+    A kernel singular at any frequency (e.g. taps summing to a singular matrix, at f = 0) has no
+    inverse and raises ``ValueError`` naming that frequency, as does a weight holding NaN/inf; a
+    condition number above ``1/sqrt(eps)`` warns, naming the frequency nearest to singular.
     """
 
     spatial_dims = 1

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ._checks import check_pivots, check_positive_int, check_tensor
+from ._checks import check_lu, check_positive_int, check_tensor
 from .base import Invertible, accumulate_grad
 
 
@@ -75,10 +75,12 @@ class InvertibleLinear(Invertible):
         x = (y - b) W^{-T},   x_bar = y_bar W,   W_bar = y_bar^T x,   b_bar = sum_batch y_bar.
 
     Conditioning: ``W`` starts orthogonal (cond 1), but training can drive it towards singular.
-    ``inverse`` raises ``ValueError`` if ``W`` is singular to working precision and warns if the
-    LU pivot ratio (a cheap estimate of cond(W)) exceeds ``1/sqrt(eps)``. Do not use this layer
-    when ``features`` is large enough that the O(features^3) factorisation per backward matters;
-    :class:`invlib.LULinear` keeps ``W`` factorised instead.
+    ``inverse`` and ``reverse`` estimate ``cond_1(W)`` from the LU factors they solve with (a few
+    extra O(features^2) solves, see ``invlib._checks``): ``ValueError`` if ``W`` is singular to
+    working precision (``cond_1 > 1/eps``) or holds NaN/inf, a warning above ``1/sqrt(eps)`` or on
+    large LU pivot growth; ``forward`` checks nothing. Do not use this layer when ``features`` is
+    large enough that the O(features^3) factorisation per backward matters; :class:`invlib.LULinear`
+    keeps ``W`` factorised instead.
     """
 
     def __init__(self, features: int, bias: bool = True) -> None:
@@ -101,7 +103,7 @@ class InvertibleLinear(Invertible):
 
     def _solve(self, y: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         lu, pivots, _ = torch.linalg.lu_factor_ex(weight)
-        check_pivots(torch.diagonal(lu).unsqueeze(0), owner="InvertibleLinear", matrices=weight)
+        check_lu(lu, pivots, weight, owner="InvertibleLinear")
         return solve_lu_right(y, bias, pivots_to_columns(pivots), lu, lu)
 
     def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:

@@ -7,13 +7,39 @@ Generative Flow with Invertible 1x1 Convolutions", 2018 (arXiv 1807.03039), sect
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ._checks import check_pivots, check_positive_int, check_tensor
+from ._checks import check_condition, check_finite, check_lu, check_positive_int, check_tensor
+from ._condition import Operator, norm1
 from .base import Invertible, accumulate_grad
 from .linear import random_orthogonal, solve_lu_right
+
+
+def factor_operators(perm: Tensor, lower: Tensor, upper: Tensor) -> tuple[Operator, Operator]:
+    """``W`` and ``W^{-1}`` as operators (``invlib._condition``) for ``W = P L U``, ``P[i, perm[i]] = 1``.
+
+    ``W v = (L (U v))[perm]`` and ``W^H v = U^H L^H P^T v``; ``W^{-1} v = U^{-1} L^{-1} P^T v`` and
+    ``W^{-H} v = P L^{-H} U^{-H} v``, with ``(P^T v)[perm[i]] = v[i]``. O(n^2) per column.
+    """
+    back = torch.argsort(perm)  # (P^T v) = v[back]
+
+    def multiply(v: Tensor, adjoint: bool) -> Tensor:
+        if adjoint:
+            return upper.mH @ (lower.mH @ v[..., back, :])
+        return (lower @ (upper @ v))[..., perm, :]
+
+    def solve(v: Tensor, adjoint: bool) -> Tensor:
+        if adjoint:
+            v = torch.linalg.solve_triangular(upper.mH, v, upper=False)
+            return torch.linalg.solve_triangular(lower.mH, v, upper=True, unitriangular=True)[..., perm, :]
+        v = torch.linalg.solve_triangular(lower, v[..., back, :], upper=False, unitriangular=True)
+        return torch.linalg.solve_triangular(upper, v, upper=True)
+
+    return multiply, solve
 
 
 class LULinear(Invertible):
@@ -27,10 +53,14 @@ class LULinear(Invertible):
     Inverse: with ``r = y - b``, solve ``z L^T = r P`` (unit upper triangular) and then
     ``x (U + diag s)^T = z`` (lower triangular), both by ``torch.linalg.solve_triangular``.
 
-    Conditioning: the pivots of this LU are ``s`` itself, so ``max|s| / min|s|`` is the condition
-    estimate checked at inverse time (error if singular to working precision, warning above
-    ``1/sqrt(eps)``). It ignores the conditioning of ``L``, which is not bounded here as it is
-    under partial pivoting: an ``L`` with large entries makes ``W`` worse than the estimate says.
+    Conditioning: ``L`` is not bounded here as it is under partial pivoting, so ``W`` can be
+    nearly singular with every ``|s_i|`` equal to 1 (``L`` with large entries). ``inverse`` and
+    ``reverse`` therefore estimate ``cond_1(W)`` from the factors (Hager-Higham, a few O(features^2)
+    triangular solves and products, see ``invlib._checks``): ``ValueError`` if singular to working
+    precision (``cond_1 > 1/eps``) or if a factor holds NaN/inf, a warning above ``1/sqrt(eps)``.
+    ``forward`` checks ``log_s`` only, O(features): NaN/inf there raises, and ``log_s_i = -inf``
+    (``s_i = 0``, ``W`` singular) raises before anything is computed from it (not under
+    ``torch.compile``, where the check would break the graph).
     """
 
     def __init__(self, features: int, bias: bool = True) -> None:
@@ -59,8 +89,9 @@ class LULinear(Invertible):
                          sizes={0: weight.shape[0]}, dtype=weight.dtype)
         weight = weight.detach()
         layer = cls(weight.shape[0], bias=bias is not None).to(dtype=weight.dtype, device=weight.device)
-        p, lower, upper = torch.linalg.lu(weight)
-        check_pivots(torch.diagonal(upper).unsqueeze(0), owner=owner, matrices=weight)
+        lu, pivots, _ = torch.linalg.lu_factor_ex(weight)
+        check_lu(lu, pivots, weight, owner=owner)
+        p, lower, upper = torch.lu_unpack(lu, pivots)
         s = torch.diagonal(upper)
         with torch.no_grad():
             layer.perm.copy_(p.argmax(dim=1))
@@ -91,11 +122,36 @@ class LULinear(Invertible):
             ndim=2, sizes={1: self.features}, dtype=self.log_s.dtype,
         )
 
+    def _check_log_s(self) -> None:
+        """O(features): NaN/inf in ``log_s`` is reported by the layer it is in, not downstream.
+
+        Skipped while ``torch.compile`` traces, where reading a tensor's value would break the graph.
+        """
+        log_s = self.log_s.detach()
+        if torch.compiler.is_compiling() or bool(torch.isfinite(log_s).all()):
+            return
+        bad = torch.nonzero(~torch.isfinite(log_s)).flatten().tolist()
+        if bool((log_s[bad] == -math.inf).all()):
+            raise ValueError(
+                f"LULinear: the weight is singular: log_s = -inf at {bad[:8]} makes the pivots s_i = 0; "
+                "re-initialise the layer or keep log_s bounded (e.g. clamp it after each optimiser step)")
+        raise ValueError(
+            f"LULinear: log_s contains NaN or inf at {bad[:8]} ({len(bad)} of {log_s.numel()} entries), so "
+            "W = P L (U + diag(s)) is not finite; re-initialise the layer or lower the learning rate")
+
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(self._check(x, "x"), self.weight, self.bias)
+        x = self._check(x, "x")
+        self._check_log_s()
+        return F.linear(x, self.weight, self.bias)
 
     def _solve(self, y: Tensor, lower: Tensor, upper: Tensor, bias: Tensor | None) -> Tensor:
-        check_pivots(torch.diagonal(upper).unsqueeze(0), owner="LULinear", matrices=lambda: lower @ upper)
+        self._check_log_s()
+        fix = "re-initialise the layer or lower the learning rate"
+        check_finite(lower, name="the factor L (parameter lower)", owner="LULinear", fix=fix)
+        check_finite(upper, name="the factor U (parameter upper)", owner="LULinear", fix=fix)
+        multiply, solve = factor_operators(self.perm, lower.detach(), upper.detach())
+        norm = norm1(multiply, (1,), self.features, upper.dtype, upper.device)  # ||W||_1 without forming W
+        check_condition(torch.diagonal(upper).unsqueeze(0), norm, solve, owner="LULinear")
         return solve_lu_right(y, bias, torch.argsort(self.perm), lower, upper)  # P[i, perm[i]] = 1
 
     def inverse(self, y: Tensor) -> Tensor:

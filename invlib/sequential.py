@@ -94,6 +94,14 @@ class InvertibleSequential(Invertible):
     def forward(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):
             raise TypeError(f"InvertibleSequential: x must be a single torch.Tensor, got {type(x).__name__}")
+        transformed = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)()
+        if transformed and torch.is_grad_enabled():
+            raise RuntimeError(
+                "InvertibleSequential: torch.func transforms (grad, vjp, jacrev, vmap) are not supported: "
+                "the reverse steps pass rebuilt activations from node to node outside autograd, which "
+                "functorch cannot trace. Use loss.backward() or torch.autograd.grad (with "
+                "torch.func.functional_call for substituted parameters), or the plain loop over the layers."
+            )
         records = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
         if not records:
             for layer in self.layers:

@@ -233,3 +233,18 @@ def test_torch_compile_gives_the_plain_gradients():
     _loss(torch.compile(net, backend="aot_eager"), x, target).backward()
     _loss(plain, x, target).backward()
     _assert_grads_equal([p.grad for p in net.parameters()], [p.grad for p in plain.parameters()], "compile")
+
+
+@pytest.mark.parametrize("transform", ["grad", "vjp", "vmap"])
+def test_torch_func_transforms_raise_a_clear_error(transform):
+    (net, _), (x, _) = _nets(), _data()
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    run = lambda p: torch.func.functional_call(net, p, (x,)).sum()  # noqa: E731
+    with pytest.raises(RuntimeError, match="torch.func transforms .* are not supported"):
+        if transform == "grad":
+            torch.func.grad(run)(params)
+        elif transform == "vjp":
+            torch.func.vjp(run, params)
+        else:
+            torch.func.vmap(lambda t: net(t.unsqueeze(0)))(x)
+
