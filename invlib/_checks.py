@@ -54,7 +54,8 @@ def check_tensor(
 
     ``layout`` is a human-readable shape such as ``"(batch, features=6)"`` used in messages;
     ``sizes`` maps a dimension index to its required size; ``dtype`` is the parameters' dtype
-    (``None`` for layers without parameters, which then only need a floating dtype).
+    (``None`` for layers without parameters, which then only need a floating dtype); under
+    ``torch.autocast`` for ``x``'s device any floating dtype is accepted, as autocast mixes them.
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"{owner}: {name} must be a torch.Tensor of shape {layout}, got {type(x).__name__}")
@@ -63,7 +64,7 @@ def check_tensor(
             f"{owner}: {name} must have a floating dtype, got {x.dtype}; "
             f"convert it with {name}.float() or {name}.double()"
         )
-    if dtype is not None and x.dtype != dtype:
+    if dtype is not None and x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
         raise TypeError(
             f"{owner}: {name} has dtype {x.dtype} but the parameters have dtype {dtype}; "
             f"convert the input with {name}.to({dtype}) or the layer with .to({x.dtype})"

@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ._checks import check_tensor
-from .base import Invertible
+from .base import Invertible, full_precision, work_dtype
 
 
 def _check(t: object, name: str, owner: str) -> Tensor:
@@ -81,14 +81,14 @@ class LeakyReLU(Invertible):
         return F.leaky_relu(_check(y, "y", "LeakyReLU"), 1.0 / self.negative_slope)
 
     def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
-        with torch.no_grad():
-            if overwrite:  # rebuild both in place: y becomes x, y_bar becomes x_bar
+        with torch.no_grad(), full_precision(y):
+            if overwrite and y.dtype == y_bar.dtype:  # rebuild both in place: y -> x, y_bar -> x_bar
                 x = F.leaky_relu_(y, 1.0 / self.negative_slope)
                 x_bar = torch.ops.aten.leaky_relu_backward.grad_input(
                     y_bar, x, self.negative_slope, False, grad_input=y_bar)
             else:
                 x = F.leaky_relu(y, 1.0 / self.negative_slope)
-                x_bar = torch.ops.aten.leaky_relu_backward(y_bar, x, self.negative_slope, False)
+                x_bar = torch.ops.aten.leaky_relu_backward(y_bar.to(x.dtype), x, self.negative_slope, False)
         return x, x_bar
 
     def extra_repr(self) -> str:
@@ -111,8 +111,9 @@ class Asinh(Invertible):
         return torch.sinh(_check(y, "y", "Asinh"))
 
     def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
-        with torch.no_grad():
-            return torch.sinh(y), y_bar / torch.cosh(y)
+        with torch.no_grad(), full_precision(y):
+            y = y.to(work_dtype(y, y_bar))  # half precision: sinh/cosh in float32
+            return torch.sinh(y), y_bar.to(y.dtype) / torch.cosh(y)
 
 
 class ELU(Invertible):
@@ -155,8 +156,10 @@ class ELU(Invertible):
         return torch.where(y > 0, y, torch.log1p(y / self.alpha))
 
     def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
-        with torch.no_grad():
+        with torch.no_grad(), full_precision(y):
+            y = y.to(work_dtype(y, y_bar))  # half precision: log1p in float32
             x = self.inverse(y)
+            y_bar = y_bar.to(y.dtype)
             x_bar = torch.where(y > 0, y_bar, y_bar * (y + self.alpha))
         return x, x_bar
 

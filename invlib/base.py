@@ -8,6 +8,9 @@ gradients. Idea: Gomez et al., "The Reversible Residual Network", 2017 (arXiv 17
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor, nn
 
@@ -82,9 +85,34 @@ def accumulate_grad(param: Tensor | None, grad: Tensor | None) -> None:
     """
     if param is None or grad is None or not param.requires_grad:
         return
+    grad = grad.to(param.dtype)  # reverse steps of half-precision layers work in float32
     if param.grad_fn is not None:
         torch.autograd.backward(param, grad)
     elif param.grad is None:
         param.grad = grad.detach()
     else:
         param.grad.add_(grad)
+
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def work_dtype(*tensors: Tensor | None) -> torch.dtype:
+    """The dtype an inverse computes in: the widest of ``tensors``, and float32 for half precision.
+
+    CPU LAPACK (LU, triangular solves) and FFTs have no float16/bfloat16 kernels, and a solve in
+    half precision would lose most of its digits anyway, so half-precision layers and autocast
+    outputs are inverted in float32 and the results cast back by the caller.
+    """
+    dtype = torch.float32
+    for t in tensors:
+        if t is not None:
+            dtype = torch.promote_types(dtype, t.dtype)
+    return torch.float32 if dtype in _HALF else dtype
+
+
+@contextmanager
+def full_precision(t: Tensor) -> Iterator[None]:
+    """Autocast off for ``t``'s device: closed-form inverses compute in :func:`work_dtype`."""
+    with torch.autocast(t.device.type, enabled=False):
+        yield

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ._checks import check_lu, check_positive_int, check_tensor
-from .base import Invertible, accumulate_grad
+from .base import Invertible, accumulate_grad, full_precision, work_dtype
 from .linear import random_orthogonal
 
 _CONTRACT = {1: "aj,jcd->acd", 2: "aj,bk,jkcd->abcd"}  # phase matrices x kernel taps -> H
@@ -83,25 +83,35 @@ class _CircularConv(Invertible):
         ``nfreq`` follows ``torch.fft.rfftn``: every frequency on leading axes, ``0 .. L//2``
         on the last. Differentiable with respect to ``weight``.
         """
+        return self._response(size, self.weight)
+
+    def _response(self, size: Sequence[int], weight: Tensor) -> Tensor:
         size = tuple(int(n) for n in size)
         if len(size) != self.spatial_dims:
             raise ValueError(f"{type(self).__name__}: size must have {self.spatial_dims} entries, got {size}")
-        real = self.weight.dtype
-        taps = torch.arange(self.kernel_size, device=self.weight.device) - self.pad[0]
+        real = work_dtype(weight)  # no half-precision complex arithmetic on CPU
+        taps = torch.arange(self.kernel_size, device=weight.device) - self.pad[0]
         phases = []
         for axis, n in enumerate(size):
-            freqs = torch.arange(n // 2 + 1 if axis == len(size) - 1 else n, device=self.weight.device)
+            freqs = torch.arange(n // 2 + 1 if axis == len(size) - 1 else n, device=weight.device)
             # Reduce f * (j - p) mod n in integers first: the angle then stays in [0, 2 pi).
             angle = (torch.outer(freqs, taps) % n).to(real) * (2 * math.pi / n)
             phases.append(torch.polar(torch.ones_like(angle), angle))
-        kernel = self.weight.movedim((0, 1), (-2, -1)).to(phases[0].dtype)
+        kernel = weight.movedim((0, 1), (-2, -1)).to(phases[0].dtype)
         return torch.einsum(_CONTRACT[self.spatial_dims], *phases, kernel)
 
     def inverse(self, y: Tensor) -> Tensor:
         y = self._check(y, "y")
+        with full_precision(y):
+            return self._invert(y, self.weight, self.bias).to(y.dtype)
+
+    def _invert(self, y: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """``x`` from ``y`` in :func:`invlib.base.work_dtype` (float32 for half precision)."""
+        dtype = work_dtype(y, weight)
+        y, weight = y.to(dtype), weight.to(dtype)
         batch, channels, size = y.shape[0], self.channels, tuple(y.shape[2:])
         dims = tuple(range(2, y.ndim))
-        response = self.frequency_response(size)  # (*nfreq, C, C)
+        response = self._response(size, weight)  # (*nfreq, C, C)
         nfreq = response.shape[:-2]
         lu, pivots, _ = torch.linalg.lu_factor_ex(response.reshape(-1, channels, channels))
 
@@ -110,8 +120,8 @@ class _CircularConv(Invertible):
             return f"at frequency {index} (spatial size {size})"
 
         check_lu(lu, pivots, response.reshape(-1, channels, channels), owner=type(self).__name__,
-                 weight=self.weight, where=where)
-        bias = self.bias.view(channels, *(1,) * len(size)) if self.bias is not None else 0.0
+                 weight=weight, where=where)
+        bias = bias.to(dtype).view(channels, *(1,) * len(size)) if bias is not None else 0.0
         if batch == 0:  # MKL's FFT refuses an empty batch; there is nothing to solve
             return y - bias
         # One expression, so each activation-sized temporary (y - b, its spectrum, the solved
@@ -121,14 +131,16 @@ class _CircularConv(Invertible):
         return torch.fft.irfftn(x_hat.permute(2, 1, 0).reshape(batch, channels, *nfreq), s=size, dim=dims)
 
     def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
+        y = self._check(y, "y")  # before autocast is switched off: it may hand over half precision
         with torch.enable_grad():  # a parametrised weight is computed once, with its graph
             weight, bias = self.weight, self.bias
-        with torch.no_grad():
-            x = self.inverse(y)
+        with torch.no_grad(), full_precision(y):
+            x = self._invert(y, weight.detach(), None if bias is None else bias.detach())
+            y_bar, w = y_bar.to(x.dtype), weight.detach().to(x.dtype)
             spatial = tuple(range(2, 2 + self.spatial_dims))
             # Adjoint of circular correlation: correlate with the transposed, flipped kernel,
             # padding mirrored (q left, p right), since x_bar[m] = sum_j W_j^T y_bar[m - j + p].
-            adjoint_kernel = weight.detach().transpose(0, 1).flip(spatial)
+            adjoint_kernel = w.transpose(0, 1).flip(spatial)
             x_bar = self._conv(self._circular_pad(y_bar, *reversed(self.pad)), adjoint_kernel, None)
             weight_bar = bias_bar = None
             if weight.requires_grad:

@@ -148,8 +148,8 @@ def _release_if_unshared(out: Tensor) -> None:
 
 def _backward(out: Tensor, out_bar: Tensor) -> None:
     """Back-propagate ``out_bar`` from ``out``, accumulating into leaves' ``.grad`` (skip if constant)."""
-    if out.requires_grad:
-        torch.autograd.backward(out, out_bar)
+    if out.requires_grad:  # under autocast out may be half precision while out_bar is not
+        torch.autograd.backward(out, out_bar.to(out.dtype))
 
 
 def _add_grad(bar: Tensor, leaf: Tensor, *, out: Tensor) -> None:

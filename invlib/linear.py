@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ._checks import check_lu, check_positive_int, check_tensor
-from .base import Invertible, accumulate_grad
+from .base import Invertible, accumulate_grad, full_precision, work_dtype
 
 
 def random_orthogonal(n: int, dtype: torch.dtype | None = None) -> Tensor:
@@ -99,22 +99,30 @@ class InvertibleLinear(Invertible):
         return F.linear(self._check(x, "x"), self.weight, self.bias)
 
     def inverse(self, y: Tensor) -> Tensor:
-        return self._solve(self._check(y, "y"), self.weight, self.bias)
+        y = self._check(y, "y")
+        with full_precision(y):
+            return self._solve(y, self.weight, self.bias).to(y.dtype)
 
     def _solve(self, y: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """``x = (y - b) W^{-T}`` in :func:`invlib.base.work_dtype` (float32 for half precision)."""
+        dtype = work_dtype(y, weight)
+        weight = weight.to(dtype)
         lu, pivots, _ = torch.linalg.lu_factor_ex(weight)
         check_lu(lu, pivots, weight, owner="InvertibleLinear")
-        return solve_lu_right(y, bias, pivots_to_columns(pivots), lu, lu)
+        return solve_lu_right(y.to(dtype), None if bias is None else bias.to(dtype),
+                              pivots_to_columns(pivots), lu, lu)
 
     def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
+        y = self._check(y, "y")  # before autocast is switched off: it may hand over half precision
         with torch.enable_grad():  # a parametrised weight is computed once, with its graph
             weight, bias = self.weight, self.bias
-        with torch.no_grad():
-            x = self._solve(self._check(y, "y"), weight.detach(), None if bias is None else bias.detach())
+        with torch.no_grad(), full_precision(y):
+            x = self._solve(y, weight.detach(), None if bias is None else bias.detach())
+            y_bar, w = y_bar.to(x.dtype), weight.detach().to(x.dtype)
             weight_bar = y_bar.mT @ x
             bias_bar = None if bias is None else y_bar.sum(0)
-            # y is spent once x exists: when it is ours, x_bar goes into its memory.
-            x_bar = torch.matmul(y_bar, weight.detach(), out=y) if overwrite else y_bar @ weight.detach()
+            # y is spent once x exists: when it is ours (and of x's dtype), x_bar goes into its memory.
+            x_bar = torch.matmul(y_bar, w, out=y) if overwrite and y.dtype == x.dtype else y_bar @ w
         accumulate_grad(weight, weight_bar)
         accumulate_grad(bias, bias_bar)
         return x, x_bar

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from ._checks import check_condition, check_finite, check_lu, check_positive_int, check_tensor
 from ._condition import Operator, norm1
-from .base import Invertible, accumulate_grad
+from .base import Invertible, accumulate_grad, full_precision, work_dtype
 from .linear import random_orthogonal, solve_lu_right
 
 
@@ -145,28 +145,36 @@ class LULinear(Invertible):
         return F.linear(x, self.weight, self.bias)
 
     def _solve(self, y: Tensor, lower: Tensor, upper: Tensor, bias: Tensor | None) -> Tensor:
+        """``x`` from ``y`` in :func:`invlib.base.work_dtype` (float32 for half precision)."""
         self._check_log_s()
+        dtype = work_dtype(y, upper)
+        lower, upper = lower.to(dtype), upper.to(dtype)
         fix = "re-initialise the layer or lower the learning rate"
         check_finite(lower, name="the factor L (parameter lower)", owner="LULinear", fix=fix)
         check_finite(upper, name="the factor U (parameter upper)", owner="LULinear", fix=fix)
         multiply, solve = factor_operators(self.perm, lower.detach(), upper.detach())
         norm = norm1(multiply, (1,), self.features, upper.dtype, upper.device)  # ||W||_1 without forming W
         check_condition(torch.diagonal(upper).unsqueeze(0), norm, solve, owner="LULinear")
-        return solve_lu_right(y, bias, torch.argsort(self.perm), lower, upper)  # P[i, perm[i]] = 1
+        return solve_lu_right(y.to(dtype), None if bias is None else bias.to(dtype),
+                              torch.argsort(self.perm), lower, upper)  # P[i, perm[i]] = 1
 
     def inverse(self, y: Tensor) -> Tensor:
-        return self._solve(self._check(y, "y"), *self._factors(), self.bias)
+        y = self._check(y, "y")
+        with full_precision(y):
+            return self._solve(y, *self._factors(), self.bias).to(y.dtype)
 
     def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
+        y = self._check(y, "y")  # before autocast is switched off: it may hand over half precision
         # The factors -> W graph is O(features^2) memory and cheap; W_bar = y_bar^T x is pushed
         # through it by autograd instead of hand-deriving the gradients of L, U and log_s.
-        with torch.enable_grad():
+        with torch.enable_grad(), full_precision(y):
             lower, upper = self._factors()
             weight, bias = (lower @ upper)[self.perm], self.bias
-        with torch.no_grad():
-            x = self._solve(self._check(y, "y"), lower.detach(), upper.detach(),
+        with torch.no_grad(), full_precision(y):
+            x = self._solve(y, lower.detach(), upper.detach(),
                             None if bias is None else bias.detach())
-            x_bar = y_bar @ weight.detach()
+            y_bar = y_bar.to(x.dtype)
+            x_bar = y_bar @ weight.detach().to(x.dtype)
             weight_bar = y_bar.mT @ x
             bias_bar = None if bias is None else y_bar.sum(0)
         accumulate_grad(weight, weight_bar)
