@@ -49,11 +49,24 @@ class Invertible(nn.Module):
     #: themselves, so that handing both over saves two buffers (see InvertibleSequential).
     reverse_in_place: bool = False
 
+    #: True if ``forward``, ``inverse`` and ``reverse`` take a ``context`` tensor (a conditional
+    #: layer); :class:`InvertibleSequential` hands its ``context`` to these layers only.
+    takes_context: bool = False
+
     def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} must implement forward(x)")
 
     def inverse(self, y: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} must implement inverse(y)")
+
+    def check_inverse(self) -> None:
+        """Raise ``ValueError`` now if ``inverse`` would refuse the current weights.
+
+        :class:`InvertibleSequential` calls it for every layer before its first reverse step, so
+        that a singular weight is reported before any gradient has been handed to autograd.
+        Layers override it only where the check is cheap next to a reverse step (dense layers:
+        one O(n^3) factorisation of an ``n x n`` weight); the default checks nothing.
+        """
 
     def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
         """Rebuild ``x`` from ``y`` and back-propagate ``y_bar`` through the layer.

@@ -28,6 +28,9 @@ class AdditiveCoupling(Invertible):
     streams grow to ``|y| >> |x|``, ``y2 - G(y1)`` cancels and the rebuilt ``x`` loses about
     ``log10(|y| / |x|)`` digits.
     Shapes: ``x``, ``y``: ``(batch, C, ...)`` with ``C`` even.
+    Conditional coupling: ``forward(x, context)`` calls ``F(x2, context)`` and ``G(y1, context)``
+    (a conditional flow's side input, e.g. an encoder's output); the block stays invertible in
+    ``x`` for a fixed context, and gradients reach the context's producer.
 
     Reverse step, read off the inversion instead of re-running the forward: with ``y1`` a leaf,
     ``g = G(y1)`` is evaluated once with autograd, giving both ``x2 = y2 - g`` and the VJP
@@ -43,6 +46,8 @@ class AdditiveCoupling(Invertible):
     """
 
     reverse_in_place = True
+    #: F and G may take a second argument, a conditioning context (see InvertibleSequential).
+    takes_context = True
 
     def __init__(self, F: nn.Module, G: nn.Module) -> None:
         super().__init__()
@@ -62,40 +67,43 @@ class AdditiveCoupling(Invertible):
         half = t.shape[1] // 2
         return t.narrow(1, 0, half), t.narrow(1, half, half)
 
-    def _call(self, module: nn.Module, name: str, t: Tensor) -> Tensor:
+    def _call(self, module: nn.Module, name: str, t: Tensor, context: Tensor | None) -> Tensor:
         rng_point(self, name)  # forward records, reverse restores: dropout draws the same masks
-        out = module(t)
+        out = module(t) if context is None else module(t, context)
         if out.shape != t.shape:
             raise ValueError(
                 f"AdditiveCoupling: {name} must map the half shape {tuple(t.shape)} to itself, got {tuple(out.shape)}"
             )
         return out
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         x1, x2 = self._halves(x, "x")
         if torch.is_grad_enabled():
-            y1 = x1 + self._call(self.F, "F", x2)
-            y2 = x2 + self._call(self.G, "G", y1)
+            y1 = x1 + self._call(self.F, "F", x2, context)
+            y2 = x2 + self._call(self.G, "G", y1, context)
             return torch.cat([y1, y2], dim=1)
         # Without a tape (e.g. inside InvertibleSequential) the sums go straight into the halves
         # of y: autograd cannot record out= writes, but here it need not, and the cat copy is saved.
         y = torch.empty_like(x)
         y1, y2 = y.narrow(1, 0, x1.shape[1]), y.narrow(1, x1.shape[1], x1.shape[1])
-        torch.add(x1, self._call(self.F, "F", x2), out=y1)
-        torch.add(x2, self._call(self.G, "G", y1), out=y2)
+        torch.add(x1, self._call(self.F, "F", x2, context), out=y1)
+        torch.add(x2, self._call(self.G, "G", y1, context), out=y2)
         return y
 
-    def inverse(self, y: Tensor) -> Tensor:
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> Tensor:
         y1, y2 = self._halves(y, "y")
-        x2 = y2 - self._call(self.G, "G", y1)
-        x1 = y1 - self._call(self.F, "F", x2)
+        x2 = y2 - self._call(self.G, "G", y1, context)
+        x1 = y1 - self._call(self.F, "F", x2, context)
         return torch.cat([x1, x2], dim=1)
 
-    def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
+    def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False,
+                context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """As :meth:`Invertible.reverse`; with a ``context`` that requires grad, its gradient
+        ``(dF/dc)^T y1_total + (dG/dc)^T y2_bar`` is accumulated into ``context``'s leaves too."""
         with torch.no_grad():
-            return self._reverse(y, y_bar, overwrite)
+            return self._reverse(y, y_bar, overwrite, context)
 
-    def _reverse(self, y: Tensor, y_bar: Tensor, overwrite: bool) -> tuple[Tensor, Tensor]:
+    def _reverse(self, y: Tensor, y_bar: Tensor, overwrite: bool, context: Tensor | None) -> tuple[Tensor, Tensor]:
         y1, y2 = self._halves(y, "y")
         half = y1.shape[1]
         y1_bar, y2_bar = y_bar.narrow(1, 0, half), y_bar.narrow(1, half, half)
@@ -106,13 +114,13 @@ class AdditiveCoupling(Invertible):
         x1_bar, x2_bar = x_bar.narrow(1, 0, half), x_bar.narrow(1, half, half)
 
         # ---- G stage: x2 = y2 - G(y1);  y1_total = y1_bar + G'(y1)^T y2_bar  (stored in x1_bar)
-        self._undo(self.G, "G", y1, y2, x2, y2_bar, y1_bar, x1_bar)
+        self._undo(self.G, "G", y1, y2, x2, y2_bar, y1_bar, x1_bar, context)
         # ---- F stage: x1 = y1 - F(x2);  x2_bar = y2_bar + F'(x2)^T y1_total
-        self._undo(self.F, "F", x2, y1, x1, x1_bar, y2_bar, x2_bar)
+        self._undo(self.F, "F", x2, y1, x1, x1_bar, y2_bar, x2_bar, context)
         return x, x_bar
 
     def _undo(self, module: nn.Module, name: str, u: Tensor, v: Tensor, out: Tensor,
-              v_bar: Tensor, u_bar: Tensor, u_bar_out: Tensor) -> None:
+              v_bar: Tensor, u_bar: Tensor, u_bar_out: Tensor, context: Tensor | None) -> None:
         """One half of the reverse step, for a half ``v = w + M(u)`` of the forward pass:
         ``out = v - M(u)`` (the rebuilt ``w``) and ``u_bar_out = u_bar + M'(u)^T v_bar``,
         accumulating ``M``'s parameter gradients on the way. ``out`` and ``u_bar_out`` may
@@ -120,7 +128,7 @@ class AdditiveCoupling(Invertible):
         (_alias), so ``out`` may be written, in the same buffer, before the backward."""
         leaf = _alias(u).requires_grad_()
         with torch.enable_grad():
-            m = self._call(module, name, leaf)
+            m = self._call(module, name, leaf, context)
         torch.sub(v, m, out=out)
         _release_if_unshared(m)
         _backward(m, v_bar)

@@ -8,6 +8,8 @@ both slower and less accurate than two triangular solves.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -102,6 +104,13 @@ class InvertibleLinear(Invertible):
         y = self._check(y, "y")
         with full_precision(y):
             return self._solve(y, self.weight, self.bias).to(y.dtype)
+
+    def check_inverse(self) -> None:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # only refusals here; the inverse itself warns
+            weight = self.weight.to(work_dtype(self.weight))
+            lu, pivots, _ = torch.linalg.lu_factor_ex(weight)
+            check_lu(lu, pivots, weight, owner="InvertibleLinear")
 
     def _solve(self, y: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         """``x = (y - b) W^{-T}`` in :func:`invlib.base.work_dtype` (float32 for half precision)."""

@@ -8,6 +8,7 @@ Generative Flow with Invertible 1x1 Convolutions", 2018 (arXiv 1807.03039), sect
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -157,6 +158,12 @@ class LULinear(Invertible):
         check_condition(torch.diagonal(upper).unsqueeze(0), norm, solve, owner="LULinear")
         return solve_lu_right(y.to(dtype), None if bias is None else bias.to(dtype),
                               torch.argsort(self.perm), lower, upper)  # P[i, perm[i]] = 1
+
+    def check_inverse(self) -> None:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # only refusals here; the inverse itself warns
+            self._solve(torch.empty(0, self.features, dtype=self.log_s.dtype, device=self.log_s.device),
+                        *self._factors(), None)
 
     def inverse(self, y: Tensor) -> Tensor:
         y = self._check(y, "y")

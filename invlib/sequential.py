@@ -69,9 +69,10 @@ class InvertibleSequential(Invertible):
       during the first backward (``retain_graph=True`` followed by a second backward raises).
     * No double backward (``create_graph=True`` then differentiating again raises).
     * Modifying the output in place before backward raises, as it would for a saved tensor.
-    * The input is a single tensor. Sub-networks may read only their own parameters and
-      buffers (a tensor captured from outside the module, e.g. a context with its own history,
-      is not an input of the graph).
+    * The input is one tensor, plus an optional ``context`` for conditional layers
+      (``forward(x, context)``; its gradient reaches its producer). Sub-networks may read only
+      their own parameters and buffers and that context: a tensor captured from outside the
+      module is not an input of the graph.
     * Gradients are as accurate as the reconstruction: each inversion adds rounding error scaled
       by the layer's condition number, so badly conditioned or very deep stacks drift from
       plain backprop (tests check agreement to 1e-9 relative in float64 up to depth 33).
@@ -98,9 +99,12 @@ class InvertibleSequential(Invertible):
             return InvertibleSequential(*self.layers[index])
         return self.layers[index]
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """``y = f_D(... f_1(x))``; ``context`` (optional) goes to every layer that ``takes_context``
+        (conditional coupling blocks), as an input of the graph: its producer gets its gradient."""
         if not isinstance(x, Tensor):
             raise TypeError(f"InvertibleSequential: x must be a single torch.Tensor, got {type(x).__name__}")
+        _check_context(self, context)
         transformed = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)()
         if transformed and torch.is_grad_enabled():
             raise RuntimeError(
@@ -109,27 +113,35 @@ class InvertibleSequential(Invertible):
                 "functorch cannot trace. Use loss.backward() or torch.autograd.grad (with "
                 "torch.func.functional_call for substituted parameters), or the plain loop over the layers."
             )
-        records = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        records = torch.is_grad_enabled() and (
+            x.requires_grad or (context is not None and context.requires_grad)
+            or any(p.requires_grad for p in self.parameters()))
         if not records:
             for layer in self.layers:
-                x = layer(x)
+                x = layer(x, context) if _conditional(layer, context) else layer(x)
             return x
         relay = _Relay()
         last = relay.last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
-            state = _State(layer)
-            x = _ReverseStep.apply(x, relay, index, index == last, state, *state.tensors)
+            state = _State(layer, index)
+            layer_context = context if _conditional(layer, context) else None
+            x = _ReverseStep.apply(x, relay, index, index == last, state, layer_context, *state.tensors)
+            if x.grad_fn is not None:  # autograd will run this layer's reverse step
+                relay.states.append(state)
         return x
 
-    def inverse(self, y: Tensor) -> Tensor:
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> Tensor:
+        _check_context(self, context)
         for layer in reversed(self.layers):
-            y = layer.inverse(y)
+            y = layer.inverse(y, context) if _conditional(layer, context) else layer.inverse(y)
         return y
 
-    def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
+    def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False,
+                context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         owned = overwrite
         for layer in reversed(self.layers):
-            x, x_bar = layer.reverse(y, y_bar, overwrite=owned)
+            extra = {"context": context} if _conditional(layer, context) else {}
+            x, x_bar = layer.reverse(y, y_bar, overwrite=owned, **extra)
             owned = owned or _unshared(x, x_bar, y, y_bar)
             y, y_bar = x, x_bar
         return y, y_bar
@@ -146,8 +158,8 @@ class _State:
     and what they hold when forward runs (a parametrisation's ``original``, or what
     ``torch.func.functional_call`` substituted), with their version counters after forward."""
 
-    def __init__(self, layer: Invertible) -> None:
-        self.layer = layer
+    def __init__(self, layer: Invertible, index: int) -> None:
+        self.layer, self.index = layer, index
         self.slots = [(module, kind, name) for module in layer.modules()
                       for kind in ("_parameters", "_buffers")
                       for name, t in getattr(module, kind).items() if t is not None]
@@ -205,6 +217,7 @@ class _Relay:
 
     def __init__(self) -> None:
         self.last = 0
+        self.states: list[_State] = []  # the layers autograd will reverse, for the checks up front
         self.index: int | None = None
         self.y: Tensor | None = None
         self.y_bar: Tensor | None = None
@@ -241,12 +254,17 @@ class _ReverseStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, relay: _Relay, index: int, last: bool, state: _State,
-                *tensors: Tensor) -> Tensor:
+                context: Tensor | None, *tensors: Tensor) -> Tensor:
         # Autograd is off inside Function.forward, so nothing is taped. Detaching also keeps
         # module hooks (e.g. FlopCounterMode's tracker) from treating x as a graph input.
         with recording(state.rng, x.device):
-            y = state.layer(x.detach())
+            if context is None:
+                y = state.layer(x.detach())
+            else:
+                y = state.layer(x.detach(), context.detach())
         state.record_versions()
+        ctx.context = context  # an input, so no reference cycle; its version is checked below
+        ctx.context_version = None if context is None else context._version
         ctx.relay, ctx.index, ctx.state = relay, index, state
         # The reverse step re-evaluates sub-networks under the forward's autocast state, so they
         # compute what the forward computed.
@@ -268,15 +286,32 @@ class _ReverseStep(torch.autograd.Function):
         layer = state.layer
         y, y_bar, owned = relay.take(index, y_bar, layer)
         state.check_versions(index)
+        if index == relay.last:  # before any gradient leaves: can every layer be inverted?
+            for other in relay.states:
+                other.check_versions(other.index)
+                try:
+                    with other.substituted(other.tensors):
+                        other.layer.check_inverse()
+                except ValueError as error:
+                    error.add_note(f"InvertibleSequential: found in layer {other.index} "
+                                   f"({type(other.layer).__name__}) before backward handed any gradient to autograd.")
+                    raise
         # ---- reverse step, on detached leaf aliases of what the layer read in forward, so that
         # its parameter gradients land here (and are returned) rather than in the real `.grad`;
         # with the forward's random state, so dropout draws the forward's masks.
         leaves = state.leaves()
+        context = ctx.context
+        extra = {}
+        if context is not None:
+            if context._version != ctx.context_version:
+                raise RuntimeError(f"InvertibleSequential: the context was modified by an inplace operation "
+                                   "between forward and backward; clone it before modifying it.")
+            extra["context"] = context.detach().requires_grad_(context.requires_grad)
         try:
             device, dtype, enabled = ctx.autocast
             with state.substituted(leaves), replaying(state.rng, y.device), \
                     torch.autocast(device, dtype=dtype, enabled=enabled):
-                x, x_bar = layer.reverse(y, y_bar, overwrite=owned)
+                x, x_bar = layer.reverse(y, y_bar, overwrite=owned, **extra)
         except Exception as error:
             if index < relay.last:
                 error.add_note(
@@ -299,4 +334,19 @@ class _ReverseStep(torch.autograd.Function):
         for leaf in leaves:
             grads.append(leaf.grad)
             leaf.grad = None
-        return (x_bar if ctx.needs_input_grad[0] else None), None, None, None, None, *grads
+        context_bar = extra["context"].grad if context is not None else None
+        return (x_bar if ctx.needs_input_grad[0] else None), None, None, None, None, context_bar, *grads
+
+
+def _conditional(layer: Invertible, context: Tensor | None) -> bool:
+    return context is not None and layer.takes_context
+
+
+def _check_context(net: InvertibleSequential, context: object) -> None:
+    if context is None:
+        return
+    if not isinstance(context, Tensor):
+        raise TypeError(f"InvertibleSequential: context must be a torch.Tensor or None, got {type(context).__name__}")
+    if not any(layer.takes_context for layer in net.layers):
+        raise ValueError("InvertibleSequential: a context was given, but no layer takes one "
+                         "(only conditional layers such as AdditiveCoupling do); drop the context argument")

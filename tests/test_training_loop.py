@@ -248,3 +248,70 @@ def test_torch_func_transforms_raise_a_clear_error(transform):
         else:
             torch.func.vmap(lambda t: net(t.unsqueeze(0)))(x)
 
+
+
+@pytest.mark.parametrize("layer", [0, 3])
+def test_a_singular_weight_is_reported_before_any_gradient_is_written(layer):
+    (net, _), (x, target) = _nets(), _data()
+    with torch.no_grad():
+        if layer == 0:
+            net[0].weight[1] = net[0].weight[0]       # two equal rows
+        else:
+            net[3].lower[5, 0] = 1e20                 # pivots all fine, W singular to working precision
+    loss = _loss(net, x, target)
+    with pytest.raises(ValueError, match=f"found in layer {layer} .* before backward handed any gradient"):
+        loss.backward()
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_a_parameter_changed_anywhere_is_reported_before_any_gradient_is_written():
+    (net, _), (x, target) = _nets(), _data()
+    loss = _loss(net, x.requires_grad_(), target)
+    with torch.no_grad():
+        net[0].weight.add_(0.1)
+    with pytest.raises(RuntimeError, match="layer 0 .* modified by an inplace operation"):
+        loss.backward()
+    assert all(p.grad is None for p in net.parameters())
+
+
+class _Conditioned(nn.Module):
+    """A residual function of a half and a context: Linear(cat(h, c)) + tanh."""
+
+    def __init__(self, half, width):
+        super().__init__()
+        self.linear = nn.Linear(half + width, half)
+
+    def forward(self, h, c):
+        return torch.tanh(self.linear(torch.cat([h, c], dim=1)))
+
+
+def test_conditional_coupling_gradients_reach_the_context_producer():
+    torch.manual_seed(4)
+    layers = [m for _ in range(3) for m in (invlib.AdditiveCoupling(_Conditioned(4, 5), _Conditioned(4, 5)),
+                                             invlib.LeakyReLU(0.5))]
+    encoder = nn.Linear(3, 5)
+    twin_layers, twin_encoder = copy.deepcopy(layers), copy.deepcopy(encoder)
+    x, z, target = torch.randn(6, 8), torch.randn(6, 3), torch.randn(6, 8)
+    net = invlib.InvertibleSequential(*layers)
+
+    c = encoder(z)
+    y = net(x, c)
+    ((y - target).square().mean() + c.square().mean()).backward()  # the context feeds the loss too
+
+    c_ref = twin_encoder(z)
+    y_ref = x
+    for layer in twin_layers:
+        y_ref = layer(y_ref, c_ref) if layer.takes_context else layer(y_ref)
+    ((y_ref - target).square().mean() + c_ref.square().mean()).backward()
+
+    assert torch.equal(y.detach(), y_ref.detach())
+    got = [p.grad for p in [*encoder.parameters(), *net.parameters()]]
+    want = [p.grad for m in [twin_encoder, *twin_layers] for p in m.parameters()]
+    _assert_grads_equal(got, want, "conditional coupling")
+    torch.testing.assert_close(net.inverse(y.detach(), c.detach()), x, rtol=1e-10, atol=1e-10)
+
+
+def test_a_context_without_conditional_layers_is_refused():
+    net = invlib.InvertibleSequential(invlib.LeakyReLU(0.5))
+    with pytest.raises(ValueError, match="no layer takes one"):
+        net(torch.randn(2, 2), torch.randn(2, 2))
