@@ -109,34 +109,81 @@ def check_lu(lu: Tensor, pivots: Tensor, matrices: Tensor, *, owner: str, weight
     A non-finite ``lu`` means a non-finite weight (finite ``L`` and ``U`` have a finite product),
     so finiteness costs one pass over ``lu`` and the weight is only searched on the error path.
     """
-    lu, matrices = lu.detach(), matrices.detach()
-    if lu.ndim == 2:
-        lu, pivots, matrices = lu[None], pivots[None], matrices[None]
-    if not bool(torch.isfinite(lu.sum())) and not bool(torch.isfinite(lu).all()):
-        fix = ("the values entered the weight before this inverse ran (a diverged optimiser step?): "
-               "re-initialise the layer or lower the learning rate")
-        check_finite(matrices if weight is None else weight.detach(), name="the weight", owner=owner, fix=fix)
-        raise ValueError(f"{owner}: the LU factors of the weight overflowed (its entries are finite but too "
-                         f"large for {lu.dtype}); rescale the weight")
-    magnitude = matrices.abs()  # one (m, n, n) real temporary at a time: convolutions have many blocks
-    norm, largest = magnitude.sum(-2).amax(-1), magnitude.amax((-2, -1))
-    eps = torch.finfo(magnitude.dtype).eps
-    del magnitude
-    cond = check_condition(torch.diagonal(lu, dim1=-2, dim2=-1), norm, lu_solver(lu, pivots),
-                           owner=owner, where=where)
-    # Partial pivoting keeps |L_ij| <= 1, so max|LU| bounds max|U|; mask out L only when that bound is large.
-    growth = lu.abs().amax((-2, -1)) / largest
-    if float(growth.max()) > 1.0 / math.sqrt(eps):
-        growth = lu.triu().abs().amax((-2, -1)) / largest
-        k = int(torch.argmax(growth))
-        if float(growth[k]) > 1.0 / math.sqrt(eps):
+    tally = LUTally(owner=owner, weight=weight, where=where)
+    tally.add(lu, pivots, matrices)
+    return tally.finish()
+
+
+class LUTally:
+    """:func:`check_lu` over a block-diagonal operator factorised a chunk of blocks at a time.
+
+    ``add`` each chunk's packed factors in order (blocks are numbered across chunks for
+    ``where``); ``finish`` then judges the whole operator, ``cond_1 = max_k ||W_k||_1 *
+    max_k ||W_k^{-1}||_1``, and warns about the worst pivot growth, once. Only running maxima are
+    kept, so a chunked inverse never holds the factors of all blocks at once.
+    """
+
+    def __init__(self, *, owner: str, weight: Tensor | None = None,
+                 where: Callable[[int], str] | None = None) -> None:
+        self.owner, self.weight, self.where = owner, weight, where
+        self.blocks = 0
+        self.norm = 0.0
+        self.worst = (-1.0, 0.0, 0)  # (||W_k^{-1}||_1 estimate, smallest pivot, k) of the worst block
+        self.growth = (0.0, 0)
+        self.eps = 0.0
+
+    def add(self, lu: Tensor, pivots: Tensor, matrices: Tensor) -> None:
+        lu, matrices = lu.detach(), matrices.detach()
+        if lu.ndim == 2:
+            lu, pivots, matrices = lu[None], pivots[None], matrices[None]
+        if not bool(torch.isfinite(lu.sum())) and not bool(torch.isfinite(lu).all()):
+            fix = ("the values entered the weight before this inverse ran (a diverged optimiser step?): "
+                   "re-initialise the layer or lower the learning rate")
+            check_finite(matrices if self.weight is None else self.weight.detach(), name="the weight",
+                         owner=self.owner, fix=fix)
+            raise ValueError(f"{self.owner}: the LU factors of the weight overflowed (its entries are finite "
+                             f"but too large for {lu.dtype}); rescale the weight")
+        magnitude = matrices.abs()  # one (m, n, n) real temporary at a time: convolutions have many blocks
+        norm, largest = magnitude.sum(-2).amax(-1), magnitude.amax((-2, -1))
+        self.eps = torch.finfo(magnitude.dtype).eps
+        del magnitude
+        m, n = lu.shape[0], lu.shape[-1]
+        smallest = torch.diagonal(lu, dim1=-2, dim2=-1).abs().amin(-1)
+        if float(smallest.min()) > 0.0:
+            inverse_norm = norm1(lu_solver(lu, pivots), (m,), n, lu.dtype, lu.device).nan_to_num(math.inf, math.inf)
+        else:  # a zero pivot: singular, and a solve would only produce inf and nan
+            inverse_norm = torch.where(smallest > 0, 0.0, math.inf)
+        k = int(torch.argmax(inverse_norm))
+        self.norm = max(self.norm, float(norm.max()))
+        if float(inverse_norm[k]) > self.worst[0]:
+            self.worst = (float(inverse_norm[k]), float(smallest[k]), self.blocks + k)
+        # Partial pivoting keeps |L_ij| <= 1, so max|LU| bounds max|U|; mask out L only when that bound is large.
+        growth = lu.abs().amax((-2, -1)) / largest
+        if float(growth.max()) > 1.0 / math.sqrt(self.eps):
+            growth = lu.triu().abs().amax((-2, -1)) / largest
+            j = int(torch.argmax(growth))
+            if float(growth[j]) > self.growth[0]:
+                self.growth = (float(growth[j]), self.blocks + j)
+        self.blocks += m
+
+    def finish(self) -> float:
+        inverse_norm, smallest, k = self.worst
+        cond = _judge(self.norm * inverse_norm, smallest, self.eps, owner=self.owner,
+                      location=_location(self.where, k), dtype=_real_name(self.eps))
+        growth, j = self.growth
+        if growth > 1.0 / math.sqrt(self.eps):
             warnings.warn(
-                f"{owner}: LU pivot growth{_location(where, k)}: max|U_ij| / max|W_ij| = {float(growth[k]):.3e} > "
-                f"1/sqrt(eps) = {1 / math.sqrt(eps):.3e} although the condition number is {cond:.3e}; the LU "
-                f"solve may lose about {math.log10(float(growth[k])):.0f} of {-math.log10(eps):.0f} significant "
+                f"{self.owner}: LU pivot growth{_location(self.where, j)}: max|U_ij| / max|W_ij| = {growth:.3e} > "
+                f"1/sqrt(eps) = {1 / math.sqrt(self.eps):.3e} although the condition number is {cond:.3e}; the LU "
+                f"solve may lose about {math.log10(growth):.0f} of {-math.log10(self.eps):.0f} significant "
                 "digits; a small perturbation of the weight usually removes it",
                 UserWarning, stacklevel=4)
-    return cond
+        return cond
+
+
+def _real_name(eps: float) -> str:
+    return {torch.finfo(t).eps: str(t) for t in (torch.float64, torch.float32, torch.float16, torch.bfloat16)}.get(
+        eps, "this dtype")
 
 
 def _location(where: Callable[[int], str] | None, k: int) -> str:
@@ -162,23 +209,27 @@ def check_condition(diagonal: Tensor, norm: Tensor, solve: Operator, *, owner: s
         inverse_norm = torch.where(smallest > 0, 0.0, math.inf)
     k = int(torch.argmax(inverse_norm))
     cond = float(norm.detach().max()) * float(inverse_norm[k])
+    return _judge(cond, float(smallest[k]), eps, owner=owner, location=_location(where, k),
+                  dtype=str(smallest.dtype))
+
+
+def _judge(cond: float, smallest: float, eps: float, *, owner: str, location: str, dtype: str) -> float:
+    """Raise above ``1/eps``, warn above ``1/sqrt(eps)``; return ``cond``."""
     if cond <= 1.0 / math.sqrt(eps):
         return cond
-    location = _location(where, k)
-    digits = -math.log10(eps)
     if cond > 1.0 / eps:
         raise ValueError(
             f"{owner}: the weight is singular to working precision{location}: smallest LU pivot "
-            f"|U_ii| = {float(smallest[k]):.3e}, condition number {cond:.3e} (1-norm estimate) > 1/eps = "
-            f"{1 / eps:.3e}; the layer has no inverse in {smallest.dtype}: re-initialise it or keep its "
+            f"|U_ii| = {smallest:.3e}, condition number {cond:.3e} (1-norm estimate) > 1/eps = "
+            f"{1 / eps:.3e}; the layer has no inverse in {dtype}: re-initialise it or keep its "
             "weight away from singular matrices"
         )
     warnings.warn(
         f"{owner}: the inverse is badly conditioned{location}: condition number {cond:.3e} (1-norm "
         f"estimate) > 1/sqrt(eps) = {1 / math.sqrt(eps):.3e}; expect to lose about {math.log10(cond):.0f} "
-        f"of {digits:.0f} significant digits in the reconstructed input and the gradients; keep the "
+        f"of {-math.log10(eps):.0f} significant digits in the reconstructed input and the gradients; keep the "
         "weight better conditioned or compute in float64",
         UserWarning,
-        stacklevel=4,
+        stacklevel=5,
     )
     return cond

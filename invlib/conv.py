@@ -10,7 +10,11 @@ becomes, frequency by frequency, the ``C x C`` linear system
     Y[f] - L b delta_f0 = H[f] X[f],      H[f] = sum_j W[:, :, j] exp(+2 pi i f (j - p) / L)
 
 (a shift by ``s = j - p`` multiplies ``X[f]`` by ``exp(+2 pi i f s / L)``); in 2-D the same
-holds per axis. So the inverse is one batched complex LU solve over frequencies. Invertible
+holds per axis. So the inverse is one complex ``C x C`` LU solve per frequency. Forming every
+``H[f]`` and its factors at once would take ``2 nfreq C^2`` complex numbers, far more than a
+layer output when ``C`` is large (``C = 64`` on 128 x 128: about 165 outputs at batch 1), so the
+inverse works through the frequencies in chunks, solving the spectrum in place, with the
+chunk's working memory bounded by ``scratch_bytes`` (default: one layer output). Invertible
 convolutions in this Fourier sense: Karami et al., "Invertible Convolutional Flow", NeurIPS 2019;
 Finzi et al., "Invertible Convolutional Networks", ICML workshop 2019.
 """
@@ -24,11 +28,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ._checks import check_lu, check_positive_int, check_tensor
+from ._checks import LUTally, check_positive_int, check_tensor
 from .base import Invertible, accumulate_grad, full_precision, work_dtype
 from .linear import random_orthogonal
 
-_CONTRACT = {1: "aj,jcd->acd", 2: "aj,bk,jkcd->abcd"}  # phase matrices x kernel taps -> H
+_CONTRACT = {1: "fj,jcd->fcd", 2: "fj,fk,jkcd->fcd"}  # per-frequency phases x kernel taps -> H[f]
 
 
 class _CircularConv(Invertible):
@@ -36,9 +40,15 @@ class _CircularConv(Invertible):
 
     spatial_dims: int
 
-    def __init__(self, channels: int, kernel_size: int, bias: bool = True) -> None:
+    def __init__(self, channels: int, kernel_size: int, bias: bool = True,
+                 scratch_bytes: int | None = None) -> None:
         super().__init__()
         owner = type(self).__name__
+        if scratch_bytes is not None:
+            check_positive_int(scratch_bytes, name="scratch_bytes", owner=owner)
+        #: Bound on the inverse's working memory beyond the spectra (frequency responses, their
+        #: LU factors and the solves of one chunk of frequencies); ``None``: one layer output.
+        self.scratch_bytes = scratch_bytes
         self.channels = check_positive_int(channels, name="channels", owner=owner)
         self.kernel_size = check_positive_int(kernel_size, name="kernel_size", owner=owner)
         d, k = self.spatial_dims, kernel_size
@@ -89,14 +99,22 @@ class _CircularConv(Invertible):
         size = tuple(int(n) for n in size)
         if len(size) != self.spatial_dims:
             raise ValueError(f"{type(self).__name__}: size must have {self.spatial_dims} entries, got {size}")
+        nfreq = (*size[:-1], size[-1] // 2 + 1)
+        return self._response_rows(size, weight, 0, math.prod(nfreq)).reshape(*nfreq, self.channels, self.channels)
+
+    def _response_rows(self, size: tuple[int, ...], weight: Tensor, start: int, stop: int) -> Tensor:
+        """``H[f]`` for the frequencies ``start <= f < stop`` in row-major order over ``nfreq``:
+        ``(stop - start, C, C)``, so that an inverse can work through the spectrum in chunks."""
         real = work_dtype(weight)  # no half-precision complex arithmetic on CPU
         taps = torch.arange(self.kernel_size, device=weight.device) - self.pad[0]
+        nfreq = (*size[:-1], size[-1] // 2 + 1)
+        flat = torch.arange(start, stop, device=weight.device)
         phases = []
-        for axis, n in enumerate(size):
-            freqs = torch.arange(n // 2 + 1 if axis == len(size) - 1 else n, device=weight.device)
+        for axis in reversed(range(len(size))):  # unravel f into per-axis frequency indices
+            freqs, flat = flat % nfreq[axis], flat // nfreq[axis]
             # Reduce f * (j - p) mod n in integers first: the angle then stays in [0, 2 pi).
-            angle = (torch.outer(freqs, taps) % n).to(real) * (2 * math.pi / n)
-            phases.append(torch.polar(torch.ones_like(angle), angle))
+            angle = (torch.outer(freqs, taps) % size[axis]).to(real) * (2 * math.pi / size[axis])
+            phases.insert(0, torch.polar(torch.ones_like(angle), angle))
         kernel = weight.movedim((0, 1), (-2, -1)).to(phases[0].dtype)
         return torch.einsum(_CONTRACT[self.spatial_dims], *phases, kernel)
 
@@ -106,29 +124,46 @@ class _CircularConv(Invertible):
             return self._invert(y, self.weight, self.bias).to(y.dtype)
 
     def _invert(self, y: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        """``x`` from ``y`` in :func:`invlib.base.work_dtype` (float32 for half precision)."""
+        """``x`` from ``y`` in :func:`invlib.base.work_dtype` (float32 for half precision).
+
+        The spectrum of ``y - b`` is solved in place, a chunk of frequencies at a time: each
+        chunk's responses ``H[f]`` are formed, factorised, checked and solved against, then
+        freed, so the working memory beyond the spectra stays within ``scratch_bytes``.
+        """
         dtype = work_dtype(y, weight)
         y, weight = y.to(dtype), weight.to(dtype)
         batch, channels, size = y.shape[0], self.channels, tuple(y.shape[2:])
         dims = tuple(range(2, y.ndim))
-        response = self._response(size, weight)  # (*nfreq, C, C)
-        nfreq = response.shape[:-2]
-        lu, pivots, _ = torch.linalg.lu_factor_ex(response.reshape(-1, channels, channels))
+        nfreq = (*size[:-1], size[-1] // 2 + 1)
+        total = math.prod(nfreq)
 
         def where(k: int) -> str:
             index = tuple(int(i) for i in torch.unravel_index(torch.tensor(k), nfreq))
             return f"at frequency {index} (spatial size {size})"
 
-        check_lu(lu, pivots, response.reshape(-1, channels, channels), owner=type(self).__name__,
-                 weight=weight, where=where)
         bias = bias.to(dtype).view(channels, *(1,) * len(size)) if bias is not None else 0.0
-        if batch == 0:  # MKL's FFT refuses an empty batch; there is nothing to solve
+        # MKL's FFT refuses an empty batch; the weight is still checked.
+        spectrum = torch.fft.rfftn(y - bias, dim=dims) if batch else None
+        flat = None if spectrum is None else spectrum.view(batch, channels, total)
+        complex_bytes = 2 * y.element_size()
+        budget = self.scratch_bytes or max(y.numel() * y.element_size(), 1)
+        per_frequency = complex_bytes * (2 * channels * channels + 2 * channels * batch) + y.element_size() * channels**2
+        chunk = max(1, budget // per_frequency)
+        tally = LUTally(owner=type(self).__name__, weight=weight, where=where)
+        for start in range(0, total, chunk):
+            stop = min(start + chunk, total)
+            response = self._response_rows(size, weight, start, stop)  # (k, C, C)
+            lu, pivots, _ = torch.linalg.lu_factor_ex(response)
+            tally.add(lu, pivots, response)
+            del response
+            if flat is not None:
+                part = flat[:, :, start:stop]
+                part.copy_(torch.linalg.lu_solve(lu, pivots, part.permute(2, 1, 0)).permute(2, 1, 0))
+            del lu, pivots
+        tally.finish()
+        if spectrum is None:
             return y - bias
-        # One expression, so each activation-sized temporary (y - b, its spectrum, the solved
-        # spectrum) is freed as soon as the next one exists.
-        x_hat = torch.linalg.lu_solve(
-            lu, pivots, torch.fft.rfftn(y - bias, dim=dims).reshape(batch, channels, -1).permute(2, 1, 0))
-        return torch.fft.irfftn(x_hat.permute(2, 1, 0).reshape(batch, channels, *nfreq), s=size, dim=dims)
+        return torch.fft.irfftn(spectrum, s=size, dim=dims)
 
     def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
         y = self._check(y, "y")  # before autocast is switched off: it may hand over half precision
@@ -162,6 +197,7 @@ class CircularConv1d(_CircularConv):
     ``y[c, n] = b[c] + sum_{d,j} W[c, d, j] x[d, (n + j - k//2) mod L]``; for odd ``k`` this is
     ``torch.nn.Conv1d(C, C, k, padding=k//2, padding_mode='circular')``.
     Shapes: ``x``, ``y``: ``(batch, C, L)`` with ``L >= k//2``; ``weight``: ``(C, C, k)``; ``bias``: ``(C,)``.
+    ``scratch_bytes``: bound on the inverse's working memory beyond the spectra (default: one layer output).
     Inverse: FFT, one ``C x C`` complex LU solve per frequency (O(L C^3) to factor, O(batch L C^2)
     to solve), inverse FFT. Reverse: ``x`` by the inverse, ``x_bar`` and the weight gradient by the
     adjoint correlations, with no recomputed forward convolution.
