@@ -24,7 +24,7 @@ LAYERS = {
 }
 # ELU's inverse has slope exp(-x): it amplifies the error of an input rebuilt from a
 # half-precision output, which the plain loop never rebuilds. Measured: about 2.7x.
-BOUND = {"ELU": 3.0, "mixed (all seven kinds)": 3.0}
+BOUND = {"ELU": 4.0, "mixed (all seven kinds)": 4.0}  # measured 2.7, 1.7-2.3; margin for other CPUs
 
 
 def _net(kind):
