@@ -7,6 +7,7 @@ biases are excluded, as in the seed post's back-of-the-envelope section.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -75,6 +76,31 @@ class Cost:
     flops_backward: int
     flops_lu: float | None
     flops_solve: int | None
+    scratch: int = 0
+    scratch_unchunked: int = 0
+
+    def inversion_elements(self, chunked: bool = True) -> int:
+        """Elements a cache-free backward holds at its peak: the working set of three layer outputs
+        (:meth:`cache_elements` ``"none"``) plus the inverse's own scratch, constant in depth.
+
+        ``scratch`` (and ``scratch_unchunked``, the same without chunking) per layer kind:
+
+        * dense (``InvertibleLinear``): the LU copy of one ``w x w`` weight, ``w^2`` (an
+          ``LULinear`` keeps its factors and needs none), chunking does not apply;
+        * circular convolution: the spectra of the batch, ``2 B C nfreq`` reals (``nfreq`` =
+          ``rfftn``'s frequencies), plus the frequency responses and their LU factors of a chunk of
+          frequencies, at most one layer output by default (``invlib.CircularConv2d``'s
+          ``scratch_bytes``), or of all ``nfreq`` frequencies at once, ``2 * 2 nfreq C^2`` reals,
+          without chunking (an upper bound: the measured peak of the chunked inverse at C = 64 on
+          128 x 128 is 2.0 layer outputs, output included);
+        * zero-padded convolution: no closed-form inverse here, 0.
+        """
+        return self.cache_elements("none") + (self.scratch if chunked else self.scratch_unchunked)
+
+    def net_saving(self, chunked: bool = True) -> int:
+        """Elements a cache-free backward saves against the post's cache: ``activations`` minus
+        :meth:`inversion_elements`. Negative when the stack is too shallow for inversion to pay."""
+        return self.activations - self.inversion_elements(chunked)
 
     def cache_elements(self, cache: str = "post") -> int:
         """Activation elements held for the backward pass under one of three accountings.
@@ -143,7 +169,8 @@ def dense(width: int, depth: int = 1, batch: int = 1, activation: str = "leaky_r
     per, total = _autograd_saved(d, w * b, w * b, activation)
     return Cost("dense", activation, d, b, params=w * w * d, activations=w * b * d, layer_output=w * b,
                 saved_per_layer=per, saved=total, flops_forward=2 * b * w * w * d,
-                flops_backward=4 * b * w * w * d, flops_lu=2 * w**3 * d / 3, flops_solve=2 * b * w * w * d)
+                flops_backward=4 * b * w * w * d, flops_lu=2 * w**3 * d / 3, flops_solve=2 * b * w * w * d,
+                scratch=w * w, scratch_unchunked=w * w)
 
 
 def _conv(name: str, channels: int, spatial: tuple[int, ...], kernel_size: int, depth: int, batch: int,
@@ -167,9 +194,14 @@ def _conv(name: str, channels: int, spatial: tuple[int, ...], kernel_size: int, 
     out = b * c * pixels
     per, total = _autograd_saved(d, out, out if padding == "zeros" else b * c * padded, activation)
     fwd = 2 * out * c * taps * d
+    scratch = unchunked = 0
+    if padding == "circular":  # the Fourier-domain inverse of invlib's circular convolutions
+        nfreq = math.prod(spatial[:-1]) * (spatial[-1] // 2 + 1)
+        spectra, factors = 2 * b * c * nfreq, 2 * 2 * nfreq * c * c
+        scratch, unchunked = spectra + min(factors, out), spectra + factors
     return Cost(name, activation, d, b, params=taps * c * c * d, activations=out * d, layer_output=out,
                 saved_per_layer=per, saved=total, flops_forward=fwd, flops_backward=2 * fwd,
-                flops_lu=None, flops_solve=None)
+                flops_lu=None, flops_solve=None, scratch=scratch, scratch_unchunked=unchunked)
 
 
 def conv1d(channels: int, length: int, kernel_size: int, depth: int = 1, batch: int = 1,
