@@ -4,7 +4,8 @@ Layers (every one an :class:`Invertible`, with ``forward``, ``inverse`` and the 
 :class:`InvertibleLinear`, :class:`LULinear`, :class:`LeakyReLU`, :class:`Asinh`, :class:`ELU`,
 :class:`AdditiveCoupling`, :class:`CircularConv1d`, :class:`CircularConv2d`; and the container
 :class:`InvertibleSequential`, whose backward rebuilds every activation by inversion instead of
-storing it.
+storing it (``anchor_every=k`` stores every k-th activation); and :func:`diagnose`, a per-layer
+table of condition estimates and round-trip errors that says where a stack loses digits.
 
 Sub-modules: :mod:`invlib.costs` (analytic memory and FLOP model), :mod:`invlib.memory`
 (allocator-level peak memory), :mod:`invlib.compare` (one training step by plain autograd,
@@ -14,6 +15,7 @@ figures with sliders).
 """
 
 from . import compare, costs, memory, ode, reference
+from ._diagnose import Diagnosis, diagnose
 from .activations import ELU, Asinh, LeakyReLU
 from .base import Invertible
 from .conv import CircularConv1d, CircularConv2d
@@ -29,6 +31,7 @@ __all__ = [
     "Asinh",
     "CircularConv1d",
     "CircularConv2d",
+    "Diagnosis",
     "Invertible",
     "InvertibleLinear",
     "InvertibleSequential",
@@ -36,6 +39,7 @@ __all__ = [
     "LeakyReLU",
     "compare",
     "costs",
+    "diagnose",
     "memory",
     "ode",
     "reference",

@@ -91,7 +91,9 @@ class _Relay:
 
     ``y`` is the output of layer ``index`` (the forward's result at first), ``y_bar`` the
     cotangent the step after it returned to autograd, and ``owned`` says whether both are ours
-    to overwrite (never the caller's output, nor memory another tensor shares).
+    to overwrite (never the caller's output, nor memory another tensor shares). ``anchors``
+    holds the activations forward stored (``anchor_every``): layer ``index``'s step starts from
+    its anchor, exact, instead of the ``y`` rebuilt through the layers above.
     """
 
     def __init__(self) -> None:
@@ -102,6 +104,12 @@ class _Relay:
         self.y_bar: Tensor | None = None
         self.version = 0
         self.owned = False
+        self.anchors: dict[int, tuple[Tensor, int]] = {}
+
+    def anchor(self, index: int, y: Tensor) -> None:
+        """Keep layer ``index``'s output for its reverse step: a detached alias, which creates no
+        reference cycle and shares the output's version counter (checked in :meth:`take`)."""
+        self.anchors[index] = (y.detach(), y._version)
 
     def hand_over(self, index: int, y: Tensor, y_bar: Tensor | None, owned: bool) -> None:
         self.index, self.y, self.y_bar, self.owned = index, y, y_bar, owned
@@ -125,7 +133,16 @@ class _Relay:
             owned = layer.reverse_in_place and sole_reference(y)
             return y, (y_bar.clone() if owned else y_bar), owned
         # The engine passes on exactly what the step above returned, unless a hook replaced it.
-        return y, y_bar, self.owned and y_bar is handed
+        owned = self.owned and y_bar is handed
+        if index in self.anchors:  # restart from the stored activation; the rebuilt one is dropped
+            y, version = self.anchors.pop(index)
+            if y._version != version:
+                raise RuntimeError(
+                    f"InvertibleSequential: the activation stored after layer {index} (anchor_every) was "
+                    f"modified by an inplace operation between forward and backward (version {version} -> "
+                    f"{y._version}); clone activations before modifying them.")
+            owned = owned and sole_reference(y)
+        return y, y_bar, owned
 
 
 class _ReverseStep(torch.autograd.Function):
