@@ -5,7 +5,7 @@ input ``x_i`` and output ``x_{i+1} = f_i(x_i)``, :func:`diagnose` reports
 
 * ``condition``: the layer's condition number where it has a data-independent one: the 1-norm
   estimate ``cond_1(W) = ||W||_1 ||W^{-1}||_1`` of a dense or circular-convolution weight, from
-  the same LU factors and Hager-Higham estimator its inverse uses (:mod:`invlib._checks`), and
+  the same LU factors and Hager-Higham estimator its inverse uses (``invlib._checks``), and
   ``max(a, 1/a)`` for a LeakyReLU of slope ``a``; ``None`` for layers whose conditioning depends
   on the data or on sub-networks (coupling blocks, ``Asinh``, ``ELU``);
 * ``round_trip``: ``||f_i^{-1}(f_i(x_i)) - x_i|| / ||x_i||``, the error one inversion adds;
@@ -45,7 +45,10 @@ __all__ = ["LayerDiagnosis", "Diagnosis", "diagnose", "condition_estimate"]
 
 @dataclass(frozen=True)
 class LayerDiagnosis:
-    """One row of a :class:`Diagnosis` (see the module docstring for each quantity)."""
+    """One row of a :class:`invlib.Diagnosis`: layer ``index`` and its class name ``kind``;
+    ``condition``, its condition number (``None`` where none is defined without the data);
+    ``round_trip``, ``||f^{-1}(f(x_i)) - x_i|| / ||x_i||``; ``rebuilt``, the relative error of
+    ``x_i`` rebuilt from the network's output, as the backward pass rebuilds it."""
 
     index: int
     kind: str
@@ -97,7 +100,7 @@ def _quietly(estimate: Callable[[], float]) -> float:
 
 
 def condition_estimate(layer: Invertible, x: Tensor | None = None) -> float | None:
-    """The condition number of ``layer`` as :func:`diagnose` reports it (``None``: none defined).
+    """The condition number of ``layer`` as :func:`invlib.diagnose` reports it (``None``: none defined).
 
     ``x``: an input of the layer; needed only for circular convolutions, whose frequency
     responses depend on the spatial size. Singular weights give ``inf``; no warning is raised.
@@ -142,7 +145,7 @@ def diagnose(net: InvertibleSequential | Iterable[Invertible], x: Tensor,
     ``net``: an :class:`invlib.InvertibleSequential` (its ``anchor_every`` is honoured) or any
     sequence of :class:`invlib.Invertible` layers; ``x``: a batch of the first layer's input
     shape; ``context``: handed to conditional layers, as ``InvertibleSequential`` does.
-    Returns a :class:`Diagnosis`; ``print`` it for a table.
+    Returns a :class:`invlib.Diagnosis`; ``print`` it for a table.
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"diagnose: x must be a torch.Tensor (a batch for the first layer), got {type(x).__name__}")
