@@ -38,7 +38,7 @@ from .coupling import AdditiveCoupling
 from .memory import MemoryTracker
 from .sequential import InvertibleSequential
 
-__all__ = ["VERDICTS", "Claim", "Row", "claims", "evaluate"]
+__all__ = ["VERDICTS", "Claim", "Row", "claims", "evaluate", "conv_inverse_flops"]
 
 VERDICTS = ("confirmed", "corrected", "refuted", "open")
 
@@ -50,8 +50,8 @@ class Claim:
     ``quote``: the post's words, verbatim (pieces joined by ``" ... "``); ``topic``: the claim in
     the book's words (may hold MyST math); ``evidence()`` returns ``(numbers, text)``, the deciding
     numbers and a one-line summary of them; ``decide(numbers)`` returns a verdict; ``rule`` states
-    that rule in words; ``section``: a MyST reference (``{ref}`label``` or ``{doc}`chapter```)
-    to where the book shows the evidence at length; ``pending``: what a chapter still being
+    that rule in words; ``section``: a MyST cross-reference (the role ``{ref}`` with a section
+    label, or ``{doc}`` with a chapter) to where the book shows the evidence at length; ``pending``: what a chapter still being
     written will measure to settle it further, or ``""``.
     """
 
