@@ -465,7 +465,7 @@ def _analogy():
         return x
     inversion_err = worst(grads(net, net), grads(plain, net))
     return ({"adjoint_error": adjoint_err, "inversion_error": inversion_err},
-            f"memory flat for both; the adjoint's gradient is off by {10 ** round(math.log10(adjoint_err)):.0e} "
+            f"memory flat for both; the adjoint's gradient is off by about {adjoint_err:.0e} "
             "(Euler, 8 steps), inversion through coupling steps is exact to < 1e-12")
 
 
