@@ -51,3 +51,37 @@ def test_widget_has_one_slider_per_parameter():
 def test_errors(params, match):
     with pytest.raises(ValueError, match=match):
         slider(draw, **params)
+
+
+# ---- invlib.figures: the picture of the algorithm and the code excerpts the chapters show
+
+from matplotlib.figure import Figure  # noqa: E402
+
+from invlib import figures  # noqa: E402
+from invlib._reverse_step import _ReverseStep  # noqa: E402
+
+
+@pytest.mark.parametrize("depth", [1, 4, 9])
+def test_inversion_stores_one_activation_and_the_cache_empties(depth):
+    cache = [len(figures.stored_activations("cache", depth, s)) for s in range(depth + 1)]
+    inversion = [figures.stored_activations("inversion", depth, s) for s in range(depth + 1)]
+    assert cache == [depth + 1] + list(range(depth - 1, -1, -1))
+    assert inversion == [[depth - s] for s in range(depth + 1)]
+
+
+def test_sweep_figure_titles_count_what_is_stored():
+    fig = figures.draw_sweeps(Figure(), depth=4, step=1)
+    titles = [ax.get_title(loc="left") for ax in fig.axes]
+    assert titles == ["backprop with a cache: 3 activations stored",
+                      "backprop by inversion: 1 activation stored"]
+
+
+def test_source_excerpt_is_the_live_source_between_markers():
+    text = figures.source_excerpt(_ReverseStep.backward, "# ---- hand x", None)
+    assert text.startswith("# ---- hand x") and "return" in text.splitlines()[-1]
+    with pytest.raises(ValueError, match="start marker"):
+        figures.source_excerpt(_ReverseStep.backward, "no such line")
+    with pytest.raises(ValueError, match="end marker"):
+        figures.source_excerpt(_ReverseStep.backward, "# ---- hand x", "no such line")
+    with pytest.raises(ValueError, match="step must be between"):
+        figures.stored_activations("cache", 3, 4)
