@@ -16,6 +16,9 @@ loop), ``checkpoint`` (``checkpoint_sequential``, ``sqrt`` of the modules as seg
 (:class:`invlib.InvertibleSequential`), and for coupling nets ``memcnn`` and ``revlib`` when
 installed. A progress bar goes to stderr, the table to stdout, the rows and the machine to
 ``--json``. ``--quick`` is a smoke run of every net at width 64 (under a minute on 2 CPU cores).
+
+From Python: :func:`build` (a net and its input), :func:`time_steps` and :func:`measure`
+(interleaved timing; and peak memory), :func:`model_flops` (the FLOP model's ratio), :func:`main`.
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ from collections.abc import Sequence
 import torch
 
 from invlib._bench.machine import machine
-from invlib._bench.measure import measure
+from invlib._bench.measure import Measured, measure, time_steps
 from invlib._bench.nets import NETS, build, model_flops
 from invlib._bench.peers import PEERS, available, peer_forward
 from invlib.compare import chain
+
+__all__ = ["METHODS", "NETS", "build", "model_flops", "time_steps", "measure", "Measured", "machine", "main"]
 
 METHODS = ("plain", "checkpoint", "invlib", *PEERS)
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}

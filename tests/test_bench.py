@@ -18,7 +18,7 @@ def quick(tmp_path_factory):
     path = tmp_path_factory.mktemp("bench") / "quick.json"
     threads = torch.get_num_threads()
     try:
-        assert main(["--quick", "--repeats", "1", "--json", str(path)]) == 0
+        assert main(["--quick", "--repeats", "1", "--warmup", "0", "--json", str(path)]) == 0
     finally:
         torch.set_num_threads(threads)
     return json.loads(path.read_text())

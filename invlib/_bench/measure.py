@@ -33,11 +33,13 @@ class Measured:
         return statistics.median(self.seconds)
 
 
-def measure(forwards: dict[str, Callable[[Tensor], Tensor]], x: Tensor, params: Sequence[Tensor],
-            repeats: int, warmup: int, tick: Callable[[], None] = lambda: None) -> dict[str, Measured]:
-    """Interleaved timing of ``loss = mean(forward(x)**2); loss.backward()`` for each forward,
-    then its memory. ``tick`` is called after every step (a progress bar). ``ValueError`` if the
-    methods disagree on the loss (they must compute the same function) or it is not finite."""
+def time_steps(forwards: dict[str, Callable[[Tensor], Tensor]], x: Tensor, params: Sequence[Tensor],
+               repeats: int, warmup: int, tick: Callable[[], None] = lambda: None,
+               ) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Seconds of ``repeats`` steps ``loss = mean(forward(x)**2); loss.backward()`` per forward,
+    run interleaved after ``warmup`` untimed rounds, and each forward's last loss. ``tick`` is
+    called after every step (a progress bar). ``ValueError`` if the methods disagree on the loss
+    (they must compute the same function) or it is not finite."""
     times: dict[str, list[float]] = {m: [] for m in forwards}
     losses: dict[str, float] = {}
     for round_ in range(warmup + repeats):
@@ -51,6 +53,13 @@ def measure(forwards: dict[str, Callable[[Tensor], Tensor]], x: Tensor, params: 
         raise ValueError(f"non-finite loss {losses}; lower the depth or use --dtype float64")
     if max(values) - min(values) > 1e-3 * max(abs(v) for v in values):
         raise ValueError(f"the methods disagree on the loss {losses}")
+    return times, losses
+
+
+def measure(forwards: dict[str, Callable[[Tensor], Tensor]], x: Tensor, params: Sequence[Tensor],
+            repeats: int, warmup: int, tick: Callable[[], None] = lambda: None) -> dict[str, Measured]:
+    """:func:`time_steps`, then one untimed step per forward for its peak memory."""
+    times, losses = time_steps(forwards, x, params, repeats, warmup, tick)
     peaks = {}
     for name, forward in forwards.items():
         peaks[name] = step_memory(forward, x, params, accumulate=True).peak_bytes
