@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import invlib
 import invlib.costs as costs
 from invlib._bench.nets import build
 from invlib.compare import chain
