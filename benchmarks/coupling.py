@@ -1,17 +1,21 @@
-"""Peak memory and step time of plain autograd, checkpointing and invlib on a chain of layers.
+"""Thin caller of ``python -m invlib.bench`` (where the benchmark lives), kept for old command lines.
 
-The reference benchmark: a chain of additive coupling blocks ``y1 = x1 + F(x2)``,
-``y2 = x2 + G(y1)`` with ``F, G = Linear(w/2, w/2) + LeakyReLU``, width 256, batch 4096,
-float32, depths 4, 16 and 64, 2 CPU threads. ``--net`` swaps in the other invlib layers.
-Each step is ``loss = mean(net(x)**2); loss.backward()`` with ``x`` requiring grad; methods run
-interleaved in one process, and the time is the median of ``--steps`` steps after a warm-up.
-On CUDA (``--device cuda``; e.g. ``--width 1024 --depths 4 64 256``) memory comes from the
-allocator's statistics instead of the dispatch tracker.
+    python benchmarks/coupling.py [--net coupling|dense|lu|conv1d|conv2d] [--width W] [--batch B]
+                                  [--steps N] [--out PATH] [any other invlib.bench option]
 
-    python benchmarks/coupling.py [--quick] [--net dense] [--out results.json]
+maps the old single-valued options onto ``invlib.bench``'s (``--nets``, ``--widths``,
+``--batches``, ``--repeats``, ``--json``) and runs the coupling net unless told otherwise.
 """
 
-from common import main
+import sys
+
+from invlib.bench import main
+
+RENAMED = {"--net": "--nets", "--width": "--widths", "--batch": "--batches", "--steps": "--repeats",
+           "--out": "--json"}
 
 if __name__ == "__main__":
-    main(__doc__.splitlines()[0], default_net="coupling")
+    argv = [RENAMED.get(a, a) for a in sys.argv[1:]]
+    if "--nets" not in argv and "--quick" not in argv:
+        argv = ["--nets", "coupling", *argv]
+    sys.exit(main(argv))

@@ -7,10 +7,13 @@
   what dropping the cache buys, under a stated memory accounting.
 * :func:`checkpoint_elements`: the peak cache of gradient checkpointing with ``sqrt(depth)`` segments.
 * :func:`autograd_saved` and :func:`counted_flops` measure the same quantities on real modules.
+* :func:`dense_step`, :func:`coupling_step`, :func:`conv_step`: FLOPs of one training step, plain or
+  by inversion, split into what ``FlopCounterMode`` counts and what it cannot see (:class:`StepFlops`).
 * :func:`post_flops` and :func:`post_memory_claims`: the post's formulas and percentages, verbatim.
 """
 
 from invlib.costs._coupling import checkpoint_elements, coupling
+from invlib.costs._flops import STEP_METHODS, StepFlops, conv_step, coupling_step, dense_step, step_ratio
 from invlib.costs._measure import CountedFlops, SavedTensors, autograd_saved, counted_flops
 from invlib.costs._memory import batch_where_cache_equals_params, larger_model_factor, savings_fraction
 from invlib.costs._model import ACTIVATION_SAVES, INVERSION_WORKING_SET, Cost, conv1d, conv2d, dense, element_size
@@ -20,5 +23,6 @@ __all__ = [
     "Cost", "dense", "conv1d", "conv2d", "coupling", "checkpoint_elements", "element_size", "ACTIVATION_SAVES", "INVERSION_WORKING_SET",
     "larger_model_factor", "savings_fraction", "batch_where_cache_equals_params",
     "SavedTensors", "autograd_saved", "CountedFlops", "counted_flops",
+    "STEP_METHODS", "StepFlops", "dense_step", "coupling_step", "conv_step", "step_ratio",
     "PostFlops", "post_flops", "PostClaim", "post_memory_claims",
 ]
