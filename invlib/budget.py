@@ -5,7 +5,7 @@ The memory of one training step of a :class:`invlib.networks.Network` is
     total = 2 P + X + cache(method) + overhead(method)
 
 with ``P`` the parameter bytes (weights and their gradients), ``X`` the input batch, ``cache``
-the cost model's activation bytes for the method (:meth:`Network.model_bytes`: what autograd
+the cost model's activation bytes for the method (:meth:`invlib.networks.Network.model_bytes`: what autograd
 saves, the checkpoint segments, or the inverting backward's working set and scratch), and
 ``overhead`` what the model does not count: the temporaries of the loss's backward and of the
 layer whose backward is running. The overhead does not grow with depth; it is

@@ -31,7 +31,7 @@ from .linear import InvertibleLinear
 __all__ = ["KINDS", "POST_NETWORKS", "Network", "build", "network_cost", "model_bytes"]
 
 KINDS = ("dense", "coupling", "conv1d", "conv2d")
-#: The seed post's configurations ("Back of the Envelope Calculations"): keyword arguments of :func:`build`.
+#: Keyword arguments of :func:`build` for the seed post's configurations, from its back-of-the-envelope section.
 POST_NETWORKS = {
     "dense, width 64": dict(kind="dense", width=64),
     "dense, width 256": dict(kind="dense", width=256),
@@ -78,7 +78,7 @@ class Network:
 
 
 def model_bytes(cost: costs.Cost, modules_per_layer: int, element_size: int = 4) -> dict[str, int]:
-    """The cost model's activation bytes for each method of :data:`invlib.compare.METHODS`.
+    """The cost model's activation bytes for each method of ``invlib.compare.METHODS``.
 
     * ``plain``: what autograd saves (``Cost.saved``);
     * ``checkpoint``: :func:`invlib.costs.checkpoint_elements` with ``round(sqrt(m))`` segments;
