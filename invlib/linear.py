@@ -48,22 +48,21 @@ def solve_lu_right(y: Tensor, bias: Tensor | None, columns: Tensor, lower: Tenso
 
     ``x W^T = x U^T L^T P^T``, so ``z L^T = (y - b) P`` and then ``x U^T = z``: a column gather
     (``((y - b) P)[:, j] = (y - b)[:, columns[j]]``) and two triangular solves with ``B``
-    right-hand sides, ``2 B n^2`` FLOPs, all in one new ``(B, n)`` buffer. ``lower`` and ``upper``
-    are read only in their own triangle (the strict lower part of ``lower``, with a unit diagonal
-    assumed), so both may be the packed factor of ``torch.linalg.lu_factor``. On CPUs two explicit
-    triangular solves run about twice as fast as ``torch.linalg.lu_solve`` for this system.
+    right-hand sides, ``2 B n^2`` FLOPs, with at most two new ``(B, n)`` buffers alive at once.
+    ``lower`` and ``upper`` are read only in their own triangle (the strict lower part of
+    ``lower``, with a unit diagonal assumed), so both may be the packed factor of
+    ``torch.linalg.lu_factor``. On CPUs two explicit triangular solves run about twice as fast as
+    ``torch.linalg.lu_solve`` for this system, and out-of-place solves 1.7-2.7x faster than
+    in-place ones (``out=`` the right-hand side), which is why the second buffer is spent.
     """
     taped = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (y, bias, lower, upper))
     x = torch.index_select(y, 1, columns)
-    if taped:  # differentiable (e.g. gradcheck of inverse): no in-place or out= under autograd
-        x = x - bias[columns] if bias is not None else x
-        z = torch.linalg.solve_triangular(lower.mT, x, upper=True, left=False, unitriangular=True)
-        return torch.linalg.solve_triangular(upper.mT, z, upper=False, left=False)
-    if bias is not None:
-        x.sub_(bias[columns])
-    torch.linalg.solve_triangular(lower.mT, x, upper=True, left=False, unitriangular=True, out=x)
-    return torch.linalg.solve_triangular(upper.mT, x, upper=False, left=False, out=x)
+    if bias is not None:  # no in-place op under autograd (e.g. gradcheck of inverse)
+        x = x - bias[columns] if taped else x.sub_(bias[columns])
+    z = torch.linalg.solve_triangular(lower.mT, x, upper=True, left=False, unitriangular=True)
+    del x
+    return torch.linalg.solve_triangular(upper.mT, z, upper=False, left=False)
 
 
 class InvertibleLinear(Invertible):

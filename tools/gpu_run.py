@@ -10,7 +10,8 @@ guarded, so one failure is recorded and the rest still runs):
   predicted by :mod:`invlib.budget` (calibrated on the GPU) and measured at that size;
 * ``autocast``: gradient error under CUDA float16/bfloat16 autocast per layer type, plain loop
   against ``InvertibleSequential`` (:func:`invlib.compare.autocast_errors`);
-* ``bench``: ``python -m invlib.bench`` step-time ratios (its own JSON, embedded).
+* ``bench``: ``python -m invlib.bench`` step-time ratios (its own JSON, embedded);
+* ``profile``: ``torch.profiler``'s table for one ``invlib`` step of a dense and a coupling net.
 
 The chapter "The post's networks, at the post's sizes" reads the file committed as
 ``book/data/gpu_h100.json``; this script is how it was made.
@@ -153,6 +154,24 @@ def bench(deadline):
     return out
 
 
+def profile(deadline):
+    """Where an ``invlib`` step's time goes on the GPU: torch.profiler's table for one step."""
+    from invlib.compare import chain, training_step
+    out = {}
+    for kind in ("dense", "coupling"):
+        net = build(kind, depth=4, batch=4096, width=1024, device=DEVICE)
+        step = chain(net.layers, "invertible")
+        for _ in range(2):
+            training_step(step, net.x)
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                torch.profiler.ProfilerActivity.CUDA]) as prof:
+            training_step(step, net.x)
+            torch.cuda.synchronize()
+        out[kind] = prof.key_averages().table(sort_by="cpu_time_total", row_limit=25, max_name_column_width=50)
+    return out
+
+
 def main(path: str) -> None:
     results = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
                "cuda": torch.version.cuda, "python": platform.python_version(),
@@ -161,6 +180,7 @@ def main(path: str) -> None:
     section("budget", budget, results, 110)
     section("autocast", autocast, results, 40)
     section("bench", bench, results, 150)
+    section("profile", profile, results, 40)
     Path(path).write_text(json.dumps(results, indent=1))
 
 
