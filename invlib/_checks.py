@@ -31,12 +31,38 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import Tensor
 
 from ._condition import Operator, lu_solver, norm1
+
+_JUDGED: ContextVar[bool] = ContextVar("invlib_conditioning_judged", default=False)
+
+
+@contextmanager
+def conditioning_judged() -> Iterator[None]:
+    """Within: the weights' conditioning was judged moments ago, so dense inverses skip judging it again.
+
+    :class:`invlib.InvertibleSequential` judges every dense layer (``check_inverse``: one
+    factorisation and one condition estimate, raising or warning there) before its first reverse
+    step hands any gradient to autograd, and checks before each step that no parameter changed
+    since. Each step then needs the factors only to solve; the second condition estimate (a few
+    O(n^2) solves and host reads per layer) would repeat the verdict.
+    """
+    token = _JUDGED.set(True)
+    try:
+        yield
+    finally:
+        _JUDGED.reset(token)
+
+
+def judged() -> bool:
+    """Whether the caller runs inside :func:`conditioning_judged`."""
+    return _JUDGED.get()
 
 
 def check_tensor(

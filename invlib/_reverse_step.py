@@ -14,13 +14,14 @@ autograd, which accumulates them (hooks, DDP) before it calls node ``k-1``.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ._checks import conditioning_judged
 from ._replay import recording, replaying
 from ._storage import shares_memory, sole_reference
 from .base import Invertible
@@ -105,6 +106,7 @@ class _Relay:
         self.version = 0
         self.owned = False
         self.anchors: dict[int, tuple[Tensor, int]] = {}
+        self.judged = False  # every layer's inverse checked (check_inverse) in this backward
 
     def anchor(self, index: int, y: Tensor) -> None:
         """Keep layer ``index``'s output for its reverse step: a detached alias, which creates no
@@ -192,6 +194,7 @@ class _ReverseStep(torch.autograd.Function):
                     error.add_note(f"InvertibleSequential: found in layer {other.index} "
                                    f"({type(other.layer).__name__}) before backward handed any gradient to autograd.")
                     raise
+            relay.judged = True  # so the steps below skip a second condition estimate of each weight
         # ---- reverse step, on detached leaf aliases of what the layer read in forward, so that
         # its parameter gradients land here (and are returned) rather than in the real `.grad`;
         # with the forward's random state, so dropout draws the forward's masks.
@@ -206,7 +209,8 @@ class _ReverseStep(torch.autograd.Function):
         try:
             device, dtype, enabled = ctx.autocast
             with state.substituted(leaves), replaying(state.rng, y.device), \
-                    torch.autocast(device, dtype=dtype, enabled=enabled):
+                    torch.autocast(device, dtype=dtype, enabled=enabled), \
+                    (conditioning_judged() if relay.judged else nullcontext()):
                 x, x_bar = layer.reverse(y, y_bar, overwrite=owned, **extra)
         except Exception as error:
             if index < relay.last:

@@ -8,13 +8,12 @@ Generative Flow with Invertible 1x1 Convolutions", 2018 (arXiv 1807.03039), sect
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ._checks import check_condition, check_finite, check_lu, check_positive_int, check_tensor
+from ._checks import check_condition, check_finite, check_lu, check_positive_int, check_tensor, judged
 from ._condition import Operator, norm1
 from .base import Invertible, accumulate_grad, full_precision, work_dtype
 from .linear import random_orthogonal, solve_lu_right
@@ -153,15 +152,15 @@ class LULinear(Invertible):
         fix = "re-initialise the layer or lower the learning rate"
         check_finite(lower, name="the factor L (parameter lower)", owner="LULinear", fix=fix)
         check_finite(upper, name="the factor U (parameter upper)", owner="LULinear", fix=fix)
-        multiply, solve = factor_operators(self.perm, lower.detach(), upper.detach())
-        norm = norm1(multiply, (1,), self.features, upper.dtype, upper.device)  # ||W||_1 without forming W
-        check_condition(torch.diagonal(upper).unsqueeze(0), norm, solve, owner="LULinear")
+        if not judged():  # InvertibleSequential judged these factors before its first reverse step
+            multiply, solve = factor_operators(self.perm, lower.detach(), upper.detach())
+            norm = norm1(multiply, (1,), self.features, upper.dtype, upper.device)  # ||W||_1 without forming W
+            check_condition(torch.diagonal(upper).unsqueeze(0), norm, solve, owner="LULinear")
         return solve_lu_right(y.to(dtype), None if bias is None else bias.to(dtype),
                               torch.argsort(self.perm), lower, upper)  # P[i, perm[i]] = 1
 
     def check_inverse(self) -> None:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # only refusals here; the inverse itself warns
+        with torch.no_grad():
             self._solve(torch.empty(0, self.features, dtype=self.log_s.dtype, device=self.log_s.device),
                         *self._factors(), None)
 

@@ -55,12 +55,23 @@ MIB = 2**20
 
 
 def _storages(tree: Any) -> dict[int, torch.UntypedStorage]:
-    """Map id -> storage for every strided tensor in a pytree of op arguments or results."""
+    """Map id -> storage for every strided tensor in op arguments or results.
+
+    ``tree`` nests tuples (return types included), lists and dicts, as the dispatcher hands them
+    over; walked by hand because ``torch.utils._pytree.tree_flatten`` costs more than most ops.
+    """
     found = {}
-    for leaf in tree_flatten(tree)[0]:
-        if isinstance(leaf, Tensor) and leaf.layout == torch.strided:
-            storage = leaf.untyped_storage()
-            found[id(storage)] = storage
+    stack = [tree]
+    while stack:
+        leaf = stack.pop()
+        if isinstance(leaf, Tensor):
+            if leaf.layout == torch.strided:
+                storage = leaf.untyped_storage()
+                found[id(storage)] = storage
+        elif isinstance(leaf, (tuple, list)):
+            stack.extend(leaf)
+        elif isinstance(leaf, dict):
+            stack.extend(leaf.values())
         elif isinstance(leaf, torch.UntypedStorage):  # e.g. Tensor.set_(storage, ...)
             found[id(leaf)] = leaf
     return found

@@ -244,3 +244,40 @@ def test_empty_batch(name):
     assert leaf.grad.shape == x.shape
     for p in layer.parameters():
         assert p.grad is not None and not p.grad.any()
+
+
+# --- inside InvertibleSequential: judged once per layer and backward, before any gradient ------
+
+@pytest.mark.parametrize("make", ["dense", "lu"])
+def test_a_badly_conditioned_layer_warns_once_per_backward(make, monkeypatch):
+    """The check before the first reverse step judges each dense weight (and warns); the reverse
+    steps reuse that verdict instead of estimating the condition number a second time."""
+    import invlib._checks as checks
+
+    calls = []
+    judge = checks._judge
+    monkeypatch.setattr(checks, "_judge", lambda *a, **k: calls.append(k["owner"]) or judge(*a, **k))
+    bad = (_lu_linear_with_lower(10.0) if make == "lu" else invlib.InvertibleLinear(8))
+    if make == "dense":
+        with torch.no_grad():
+            bad.weight.copy_(_unit_triangular(8, 10.0, lower=False))
+    layers = [invlib.InvertibleLinear(8), invlib.LeakyReLU(0.5), bad, invlib.LULinear(8)]
+    net = invlib.InvertibleSequential(*layers)
+    x = torch.randn(5, 8, requires_grad=True)
+    owner = "LULinear" if make == "lu" else "InvertibleLinear"
+    with pytest.warns(UserWarning, match=rf"{owner}: the inverse is badly conditioned") as record:
+        net(x).square().sum().backward()
+    assert sum("badly conditioned" in str(w.message) for w in record) == 1
+    assert len(calls) == 3  # the three dense layers, judged once each
+    want = torch.autograd.grad(
+        torch.nn.Sequential(*layers)(x).square().sum(), [x, *net.parameters()])
+    got = [x.grad, *(p.grad for p in net.parameters())]
+    error = max(float((g - w).norm() / w.norm()) for g, w in zip(got, want))
+    assert error < 1e-4  # cond 4e8 costs about 9 of float64's 16 digits
+
+
+def test_outside_a_backward_every_inverse_judges_its_weight():
+    layer = _lu_linear_with_lower(10.0)
+    for _ in range(2):  # no verdict is remembered between calls
+        with pytest.warns(UserWarning, match="badly conditioned"):
+            layer.inverse(torch.randn(3, 8))
