@@ -27,7 +27,7 @@ from .memory import track_memory
 from .sequential import InvertibleSequential
 
 __all__ = ["METHODS", "chain", "mixed_net", "autocast_errors", "training_step", "StepMemory", "step_memory", "step_seconds",
-           "StepReport", "compare_methods"]
+           "interleaved_seconds", "StepReport", "compare_methods"]
 
 METHODS = ("plain", "checkpoint", "invertible")
 
@@ -177,6 +177,26 @@ def step_seconds(forward: Callable[[Tensor], Tensor], x: Tensor,
     return time.perf_counter() - start, loss
 
 
+def interleaved_seconds(forwards: dict[str, Callable[[Tensor], Tensor]], x: Tensor, params: Sequence[Tensor],
+                        steps: int, warmup: int, tick: Callable[[], None] = lambda: None,
+                        ) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Seconds of ``steps`` :func:`invlib.compare.step_seconds` per forward, and each forward's last loss.
+
+    Rounds are interleaved (every forward once per round), so slow drifts of a shared machine hit
+    all forwards alike; the first ``warmup`` rounds are not recorded. ``tick`` runs after every
+    step (a progress bar).
+    """
+    times: dict[str, list[float]] = {name: [] for name in forwards}
+    losses: dict[str, float] = {}
+    for round_ in range(warmup + steps):
+        for name, forward in forwards.items():
+            seconds, losses[name] = step_seconds(forward, x, params)
+            if round_ >= warmup:
+                times[name].append(seconds)
+            tick()
+    return times, losses
+
+
 @dataclass(frozen=True)
 class StepReport:
     """Timings of several steps of one method, its loss, and its memory with fresh and allocated
@@ -204,13 +224,7 @@ def compare_methods(layers: Sequence[nn.Module], x: Tensor, methods: Sequence[st
         raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
     params = list({id(p): p for layer in layers for p in layer.parameters()}.values())
     forwards = {m: chain(layers, m) for m in methods}
-    times: dict[str, list[float]] = {m: [] for m in methods}
-    losses: dict[str, float] = {}
-    for round_ in range(warmup + steps):
-        for m, forward in forwards.items():
-            t, losses[m] = step_seconds(forward, x, params)
-            if round_ >= warmup:
-                times[m].append(t)
+    times, losses = interleaved_seconds(forwards, x, params, steps, warmup)
     return {m: StepReport(tuple(times[m]), losses[m],
                           step_memory(forward, x, params, accumulate=False),
                           step_memory(forward, x, params, accumulate=True))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from invlib.compare import step_memory, step_seconds
+from invlib.compare import interleaved_seconds, step_memory
 
 
 @dataclass(frozen=True)
@@ -40,14 +40,7 @@ def time_steps(forwards: dict[str, Callable[[Tensor], Tensor]], x: Tensor, param
     run interleaved after ``warmup`` untimed rounds, and each forward's last loss. ``tick`` is
     called after every step (a progress bar). ``ValueError`` if the methods disagree on the loss
     (they must compute the same function) or it is not finite."""
-    times: dict[str, list[float]] = {m: [] for m in forwards}
-    losses: dict[str, float] = {}
-    for round_ in range(warmup + repeats):
-        for name, forward in forwards.items():
-            seconds, losses[name] = step_seconds(forward, x, params)
-            if round_ >= warmup:
-                times[name].append(seconds)
-            tick()
+    times, losses = interleaved_seconds(forwards, x, params, repeats, warmup, tick)
     values = list(losses.values())
     if not all(math.isfinite(v) for v in values):
         raise ValueError(f"non-finite loss {losses}; lower the depth or use --dtype float64")
