@@ -8,7 +8,6 @@ both slower and less accurate than two triangular solves.
 
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F

@@ -27,6 +27,18 @@ def test_views_and_inplace_add_nothing():
     assert (mem.peak_bytes, mem.live_bytes) == (0, 0)
 
 
+def test_ops_returning_lists_of_new_tensors_are_counted():
+    """Results may come back as a list (``_foreach`` ops, as optimisers use): each is an allocation;
+    a list of views (``unbind``) is not."""
+    a, b = torch.zeros(1000), torch.zeros(500)
+    with MemoryTracker() as mem:
+        scaled = torch._foreach_mul([a, b], 2.0)
+        rows = torch.stack([a, a]).unbind(0)
+    assert mem.peak_bytes == 4 * (1000 + 500) + 4 * 2000
+    assert mem.live_bytes == 4 * (1000 + 500) + 4 * 2000  # the stacked storage lives on in the views
+    del scaled, rows
+
+
 def test_freed_temporary_keeps_peak():
     with MemoryTracker() as mem:
         a = torch.zeros(1000)           # 4000 bytes, kept
