@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ._checks import check_tensor
-from .base import Invertible, full_precision, work_dtype
+from .base import Invertible, full_precision, half_precision, work_dtype
 
 
 def _check(t: object, name: str, owner: str) -> Tensor:
@@ -125,7 +125,11 @@ class ELU(Invertible):
     inverse's slope ``1/(y + alpha)`` blows up; outputs within rounding of ``-alpha`` (inputs below about
     -36.7 in float64 and -16.6 in float32, where ``exp(x)`` drops below half an ulp of 1) cannot
     be inverted. ``inverse`` already reduces ``y`` to its minimum for that check, so it also names
-    NaN/inf in ``y`` (for free) instead of blaming the range. Clevert et al. 2015, arXiv 1511.07289.
+    NaN/inf in ``y`` (for free) instead of blaming the range. Half precision (autocast or half
+    parameters): bfloat16 rounds ``y`` onto ``-alpha`` already below ``x = -6.2`` (float16 below
+    -8.3), and an output rebuilt from a half-precision layer above can land on or below it; the
+    reverse step clamps such ``y`` to ``-alpha (1 - eps/2)``, the closest value that precision
+    resolves, rather than fail a backward the plain loop completes. Clevert et al. 2015, arXiv 1511.07289.
     """
 
     def __init__(self, alpha: float = 1.0) -> None:
@@ -156,8 +160,14 @@ class ELU(Invertible):
         return torch.where(y > 0, y, torch.log1p(y / self.alpha))
 
     def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
+        half = half_precision(y)  # before autocast is switched off
         with torch.no_grad(), full_precision(y):
             y = y.to(work_dtype(y, y_bar))  # half precision: log1p in float32
+            if half is not None:
+                # A y rebuilt from a half-precision layer above is known to about one unit of that
+                # precision; near the asymptote that can land on or below -alpha. Keep it at the
+                # closest output the forward could resolve, -alpha (1 - eps/2): x >= log(eps/2).
+                y = y.clamp(min=-self.alpha * (1 - torch.finfo(half).eps / 2))
             x = self.inverse(y)
             y_bar = y_bar.to(y.dtype)
             x_bar = torch.where(y > 0, y_bar, y_bar * (y + self.alpha))

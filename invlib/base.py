@@ -129,3 +129,33 @@ def full_precision(t: Tensor) -> Iterator[None]:
     """Autocast off for ``t``'s device: closed-form inverses compute in :func:`work_dtype`."""
     with torch.autocast(t.device.type, enabled=False):
         yield
+
+
+def as_applied(weight: Tensor) -> Tensor:
+    """``weight`` as the forward's matmul or convolution applied it: under ``torch.autocast`` for
+    its device, rounded to the autocast dtype (autocast casts float32 and half weights, never float64).
+
+    A layer's inverse and reverse then invert and differentiate the map the forward computed,
+    ``x -> round(W) x``, not ``x -> W x``: the two differ by a rounding of ``W`` per entry, which the
+    inverse would otherwise add to every rebuilt input. Call it before :func:`full_precision`
+    switches autocast off. Outside autocast it returns ``weight`` itself.
+    """
+    device = weight.device.type
+    if weight.dtype == torch.float64 or not torch.is_autocast_enabled(device):
+        return weight
+    return weight.to(torch.get_autocast_dtype(device))
+
+
+def half_precision(t: Tensor) -> torch.dtype | None:
+    """The half-precision dtype a tensor rebuilt in a reverse step was rounded to in forward, or None.
+
+    Under ``torch.autocast`` with a half dtype (the reverse step restores the forward's state), the
+    layer above ``t`` rounded it to that dtype when it applied its matmul or convolution, whatever
+    ``t``'s own dtype; without autocast, ``t``'s dtype when that is half precision. A rebuilt ``t``
+    then carries an error of about one unit of that precision, which an inverse with a bounded range
+    (``ELU``) has to expect.
+    """
+    device = t.device.type
+    if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) in _HALF:
+        return torch.get_autocast_dtype(device)
+    return t.dtype if t.dtype in _HALF else None

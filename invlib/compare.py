@@ -26,7 +26,7 @@ from .lu_linear import LULinear
 from .memory import track_memory
 from .sequential import InvertibleSequential
 
-__all__ = ["METHODS", "chain", "mixed_net", "autocast_errors", "training_step", "StepMemory", "step_memory", "step_seconds",
+__all__ = ["METHODS", "chain", "mixed_net", "training_step", "StepMemory", "step_memory", "step_seconds",
            "interleaved_seconds", "StepReport", "compare_methods"]
 
 METHODS = ("plain", "checkpoint", "invertible")
@@ -92,32 +92,6 @@ def mixed_net(width: int = 8, *, seed: int = 0, invertible: bool = True,
         finally:
             torch.set_default_dtype(default)
     return net
-
-
-def autocast_errors(net: InvertibleSequential, x: Tensor, target: Tensor,
-                    dtype: torch.dtype = torch.bfloat16) -> dict[str, float]:
-    """Relative gradient error under ``torch.autocast(x.device.type, dtype)``, against the same
-    step without autocast, for the plain loop over ``net``'s layers and for ``net`` itself.
-
-    Step: ``loss = mean((y - target)**2)`` in float32; error: ``||g - g_ref|| / ||g_ref||`` over
-    all parameter gradients concatenated. Returns ``{"plain": ..., "invlib": ...}``.
-    """
-    def plain(t: Tensor) -> Tensor:
-        for layer in net:
-            t = layer(t)
-        return t
-
-    def gradients(forward: Callable[[Tensor], Tensor], enabled: bool) -> Tensor:
-        for p in net.parameters():
-            p.grad = None
-        with torch.autocast(x.device.type, dtype=dtype, enabled=enabled):
-            y = forward(x)
-        (y.float() - target).square().mean().backward()
-        return torch.cat([p.grad.float().flatten() for p in net.parameters()])
-
-    reference = gradients(plain, enabled=False)
-    return {name: float((gradients(forward, enabled=True) - reference).norm() / reference.norm())
-            for name, forward in (("plain", plain), ("invlib", net))}
 
 
 def training_step(forward: Callable[[Tensor], Tensor], x: Tensor) -> float:

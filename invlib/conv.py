@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ._checks import LUTally, check_positive_int, check_tensor
-from .base import Invertible, accumulate_grad, full_precision, work_dtype
+from .base import Invertible, accumulate_grad, as_applied, full_precision, work_dtype
 from .linear import random_orthogonal
 
 _CONTRACT = {1: "fj,jcd->fcd", 2: "fj,fk,jkcd->fcd"}  # per-frequency phases x kernel taps -> H[f]
@@ -120,8 +120,9 @@ class _CircularConv(Invertible):
 
     def inverse(self, y: Tensor) -> Tensor:
         y = self._check(y, "y")
+        weight = as_applied(self.weight)  # under autocast, the rounded kernel the forward applied
         with full_precision(y):
-            return self._invert(y, self.weight, self.bias).to(y.dtype)
+            return self._invert(y, weight, self.bias).to(y.dtype)
 
     def _invert(self, y: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         """``x`` from ``y`` in :func:`invlib.base.work_dtype` (float32 for half precision).
@@ -169,9 +170,10 @@ class _CircularConv(Invertible):
         y = self._check(y, "y")  # before autocast is switched off: it may hand over half precision
         with torch.enable_grad():  # a parametrised weight is computed once, with its graph
             weight, bias = self.weight, self.bias
+        applied = as_applied(weight.detach())  # under autocast: invert and differentiate round(W)
         with torch.no_grad(), full_precision(y):
-            x = self._invert(y, weight.detach(), None if bias is None else bias.detach())
-            y_bar, w = y_bar.to(x.dtype), weight.detach().to(x.dtype)
+            x = self._invert(y, applied, None if bias is None else bias.detach())
+            y_bar, w = y_bar.to(x.dtype), applied.to(x.dtype)
             spatial = tuple(range(2, 2 + self.spatial_dims))
             # Adjoint of circular correlation: correlate with the transposed, flipped kernel,
             # padding mirrored (q left, p right), since x_bar[m] = sum_j W_j^T y_bar[m - j + p].

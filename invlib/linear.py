@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ._checks import check_lu, check_positive_int, check_tensor, judged
-from .base import Invertible, accumulate_grad, full_precision, work_dtype
+from .base import Invertible, accumulate_grad, as_applied, full_precision, work_dtype
 
 
 def random_orthogonal(n: int, dtype: torch.dtype | None = None) -> Tensor:
@@ -99,8 +99,9 @@ class InvertibleLinear(Invertible):
 
     def inverse(self, y: Tensor) -> Tensor:
         y = self._check(y, "y")
+        weight = as_applied(self.weight)  # under autocast, the rounded weight the forward applied
         with full_precision(y):
-            return self._solve(y, self.weight, self.bias).to(y.dtype)
+            return self._solve(y, weight, self.bias).to(y.dtype)
 
     def check_inverse(self) -> None:
         with torch.no_grad():
@@ -122,9 +123,10 @@ class InvertibleLinear(Invertible):
         y = self._check(y, "y")  # before autocast is switched off: it may hand over half precision
         with torch.enable_grad():  # a parametrised weight is computed once, with its graph
             weight, bias = self.weight, self.bias
+        applied = as_applied(weight.detach())  # under autocast: invert and differentiate round(W)
         with torch.no_grad(), full_precision(y):
-            x = self._solve(y, weight.detach(), None if bias is None else bias.detach())
-            y_bar, w = y_bar.to(x.dtype), weight.detach().to(x.dtype)
+            x = self._solve(y, applied, None if bias is None else bias.detach())
+            y_bar, w = y_bar.to(x.dtype), applied.to(x.dtype)
             weight_bar = y_bar.mT @ x
             bias_bar = None if bias is None else y_bar.sum(0)
             # y is spent once x exists: when it is ours (and of x's dtype), x_bar goes into its memory.

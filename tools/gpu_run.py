@@ -1,6 +1,6 @@
 """The book's measurements that need a GPU, in one run; writes one JSON file.
 
-Usage: ``python tools/gpu_run.py OUT.json`` on a machine with CUDA. Sections (each timed and
+Usage: ``python tools/gpu_run.py OUT.json [SECTION ...]`` on a machine with CUDA (all sections by default). Sections (each timed and
 guarded, so one failure is recorded and the rest still runs):
 
 * ``post_networks``: the seed post's three networks at the post's sizes
@@ -9,12 +9,16 @@ guarded, so one failure is recorded and the rest still runs):
 * ``budget``: the largest batch and depth within 512 MiB and 2 GiB per network and method,
   predicted by :mod:`invlib.budget` (calibrated on the GPU) and measured at that size;
 * ``autocast``: gradient error under CUDA float16/bfloat16 autocast per layer type, plain loop
-  against ``InvertibleSequential`` (:func:`invlib.compare.autocast_errors`);
+  against ``InvertibleSequential``, at batch 1024 over five seeds, and ELU's against the batch
+  (:func:`invlib.precision.autocast_survey`);
 * ``bench``: ``python -m invlib.bench`` step-time ratios (its own JSON, embedded);
-* ``profile``: ``torch.profiler``'s table for one ``invlib`` step of a dense and a coupling net.
+* ``profile``: ``torch.profiler``'s table for one ``invlib`` step of dense, LU, coupling and conv1d nets;
+* ``parts``: the parts of a dense layer's reverse step, each timed alone.
 
-The chapter "The post's networks, at the post's sizes" reads the file committed as
-``book/data/gpu_h100.json``; this script is how it was made.
+The chapters "The post's networks, at the post's sizes" (post_networks, budget), "Compute" (bench,
+parts) and "invlib in a training loop" (autocast) read the file committed as
+``book/data/gpu_h100.json``; this script is how it was made (sections run on their own, e.g.
+``python tools/gpu_run.py new.json autocast parts``, were merged into it by key).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from torch import nn
 
 import invlib
 from invlib.budget import largest_batch, largest_depth, measured_bytes
-from invlib.compare import autocast_errors
+from invlib.precision import autocast_survey
 from invlib.networks import POST_NETWORKS, build
 
 MiB = 2**20
@@ -101,34 +105,14 @@ def budget(deadline):
 
 
 def autocast(deadline):
-    kinds = {
-        "InvertibleLinear + LeakyReLU": (lambda: invlib.InvertibleLinear(16), lambda: invlib.LeakyReLU(0.5), (64, 16)),
-        "LULinear + LeakyReLU": (lambda: invlib.LULinear(16), lambda: invlib.LeakyReLU(0.5), (64, 16)),
-        "AdditiveCoupling + LeakyReLU": (lambda: invlib.AdditiveCoupling(
-            nn.Sequential(nn.Linear(8, 8), nn.Tanh()), nn.Sequential(nn.Linear(8, 8), nn.Tanh())),
-            lambda: invlib.LeakyReLU(0.5), (64, 16)),
-        "CircularConv1d + Asinh": (lambda: invlib.CircularConv1d(4, 3), invlib.Asinh, (32, 4, 16)),
-        "CircularConv2d + Asinh": (lambda: invlib.CircularConv2d(4, 3), invlib.Asinh, (8, 4, 8, 8)),
-        "InvertibleLinear + Asinh": (lambda: invlib.InvertibleLinear(16), invlib.Asinh, (64, 16)),
-        "InvertibleLinear + ELU": (lambda: invlib.InvertibleLinear(16), invlib.ELU, (64, 16)),
-    }
-    rows = []
-    for dtype in (torch.float16, torch.bfloat16):
-        for name, (block, activation, shape) in kinds.items():
-            torch.manual_seed(1)
-            stack = invlib.InvertibleSequential(*[m for _ in range(4) for m in (block(), activation())]).to(DEVICE)
-            with torch.no_grad():
-                for p in stack.parameters():
-                    p.add_(0.05 * torch.randn_like(p))
-            g = torch.Generator(device=DEVICE).manual_seed(0)
-            x = torch.randn(shape, generator=g, device=DEVICE)
-            target = torch.randn(shape, generator=g, device=DEVICE)
-            row = {"layer": name, "dtype": str(dtype).removeprefix("torch.")}
-            try:
-                row.update(autocast_errors(stack, x, target, dtype=dtype))
-            except Exception as e:  # noqa: BLE001 - recorded, not hidden
-                row["error"] = f"{type(e).__name__}: {e}"[:300]
-            rows.append(row)
+    """Gradient error under CUDA float16/bfloat16 autocast per layer type at a training batch,
+    over five seeds, and ELU's ratio against the batch (:mod:`invlib.precision`)."""
+    rows = autocast_survey(dtypes=(torch.float16, torch.bfloat16), batch=1024, seeds=range(5), device=DEVICE)
+    for batch in (64, 256, 4096):
+        if time.perf_counter() > deadline:
+            break
+        rows += autocast_survey(["InvertibleLinear + ELU"], (torch.float16, torch.bfloat16), batch=batch,
+                                seeds=range(5), device=DEVICE)
     return rows
 
 
@@ -155,34 +139,87 @@ def bench(deadline):
 
 
 def profile(deadline):
-    """Where an ``invlib`` step's time goes on the GPU: torch.profiler's table for one step."""
+    """Where an ``invlib`` step's time goes on the GPU: torch.profiler's table for one step, and the
+    Python stacks of the operations that make the host wait for the device (``.item()``-like reads)."""
     from invlib.compare import chain, training_step
     out = {}
-    for kind in ("dense", "coupling"):
-        net = build(kind, depth=4, batch=4096, width=1024, device=DEVICE)
-        step = chain(net.layers, "invertible")
+    for kind in ("dense", "lu", "coupling", "conv1d"):
+        if time.perf_counter() > deadline:
+            break
+        if kind == "lu":
+            layers = [m.to(DEVICE) for _ in range(4) for m in (invlib.LULinear(1024), invlib.LeakyReLU(0.5))]
+            x = torch.randn(4096, 1024, device=DEVICE, requires_grad=True)
+        else:
+            spec = {"channels": 64, "size": (1024,)} if kind == "conv1d" else {"width": 1024}
+            net = build(kind, depth=4, batch=64 if kind == "conv1d" else 4096, device=DEVICE, **spec)
+            layers, x = net.layers, net.x
+        step = chain(layers, "invertible")
         for _ in range(2):
-            training_step(step, net.x)
+            training_step(step, x)
         torch.cuda.synchronize()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                                torch.profiler.ProfilerActivity.CUDA]) as prof:
-            training_step(step, net.x)
+                                                torch.profiler.ProfilerActivity.CUDA], with_stack=True) as prof:
+            start = time.perf_counter()
+            training_step(step, x)
             torch.cuda.synchronize()
-        out[kind] = prof.key_averages().table(sort_by="cpu_time_total", row_limit=25, max_name_column_width=50)
+            seconds = time.perf_counter() - start
+        syncs = [e for e in prof.key_averages(group_by_stack_n=8)
+                 if e.key in ("aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize")]
+        out[kind] = {"step_seconds_profiled": seconds,
+                     "table": prof.key_averages().table(sort_by="cpu_time_total", row_limit=30, max_name_column_width=50),
+                     "syncs": [{"op": e.key, "count": e.count, "cpu_us": e.cpu_time_total, "stack": list(e.stack)[:8]}
+                               for e in sorted(syncs, key=lambda e: -e.count)[:25]]}
     return out
 
 
-def main(path: str) -> None:
+def parts(deadline):
+    """Milliseconds of each part of a dense layer's reverse step at width 1024, batch 4096, on the
+    GPU, each timed alone (CUDA-synchronised, median of 20): what the fixed per-layer cost is."""
+    from invlib._checks import check_lu
+    from invlib.linear import pivots_to_columns, solve_lu_right
+
+    def ms(fn):
+        for _ in range(3):
+            fn()
+        times = []
+        for _ in range(20):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            times.append(1e3 * (time.perf_counter() - start))
+        return sorted(times)[10]
+
+    torch.manual_seed(0)
+    w = invlib.InvertibleLinear(1024).to(DEVICE).weight.detach()
+    y = torch.randn(4096, 1024, device=DEVICE)
+    lu, pivots, _ = torch.linalg.lu_factor_ex(w)
+    columns = pivots_to_columns(pivots)
+    out = {"lu_factor_ex": ms(lambda: torch.linalg.lu_factor_ex(w)),
+           "pivots_to_columns": ms(lambda: pivots_to_columns(pivots)),
+           "check_lu (condition estimate)": ms(lambda: check_lu(lu, pivots, w, owner="x")),
+           "solve_lu_right": ms(lambda: solve_lu_right(y, None, columns, lu, lu)),
+           "matmul y @ W": ms(lambda: y @ w),
+           "weight_bar y^T x": ms(lambda: y.mT @ y)}
+    layer = invlib.InvertibleLinear(1024).to(DEVICE)
+    out["InvertibleLinear.reverse (whole)"] = ms(lambda: layer.reverse(y, y))
+    return out
+
+
+SECTIONS = {"post_networks": (post_networks, 150), "budget": (budget, 110), "autocast": (autocast, 60),
+            "bench": (bench, 150), "profile": (profile, 60),
+            "parts": (parts, 30)}
+
+
+def main(path: str, names: list[str]) -> None:
     results = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
                "cuda": torch.version.cuda, "python": platform.python_version(),
                "date": time.strftime("%Y-%m-%d")}
-    section("post_networks", post_networks, results, 150)
-    section("budget", budget, results, 110)
-    section("autocast", autocast, results, 40)
-    section("bench", bench, results, 150)
-    section("profile", profile, results, 40)
-    Path(path).write_text(json.dumps(results, indent=1))
+    for name in names or SECTIONS:
+        fn, seconds = SECTIONS[name]
+        section(name, fn, results, seconds)
+        Path(path).write_text(json.dumps(results, indent=1))  # what is done survives a timeout
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2:])
