@@ -9,9 +9,10 @@ table of condition estimates and round-trip errors that says where a stack loses
 
 Sub-modules: :mod:`invlib.costs` (analytic memory and FLOP model), :mod:`invlib.memory`
 (allocator-level peak memory), :mod:`invlib.compare` (one training step by plain autograd,
-checkpointing or inversion), :mod:`invlib.precision` (gradient error under autocast), :mod:`invlib.ode` (neural-ODE solvers and the adjoint method),
-:mod:`invlib.reference` (the seed post's algorithm in NumPy), and :func:`invlib.sliders.slider` (the book's
-figures with sliders).
+checkpointing or inversion), :mod:`invlib.precision` (gradient error under autocast),
+:mod:`invlib.ode` (neural-ODE solvers and the adjoint method), :mod:`invlib.reference` (the
+seed post's algorithm in NumPy), and :func:`invlib.sliders.slider` (the book's figures with
+sliders).
 """
 
 from . import compare, costs, memory, ode, reference

@@ -70,8 +70,8 @@ def test_autocast_elu_runs_where_the_plain_loop_runs(seed):
 def test_inversion_error_averages_out_over_the_batch():
     # The plain loop's error is mostly the weights' rounding (the same for every sample); the error
     # inversion adds is per sample, so its share of the gradient shrinks as the batch grows.
-    ratio = {b: autocast_survey(["InvertibleLinear + ELU"], [torch.bfloat16], batch=b, seeds=range(3))[0]["ratio_median"]
-             for b in (64, 4096)}
+    ratio = {b: autocast_survey(["InvertibleLinear + ELU"], [torch.bfloat16], batch=b,
+                                seeds=range(3))[0]["ratio_median"] for b in (64, 4096)}
     assert ratio[4096] < 1.25 < 1.5 < ratio[64], ratio
 
 
@@ -102,8 +102,8 @@ def test_half_precision_parameters(dtype):
     assert all(p.grad.dtype == dtype for p in net.parameters())
 
 
-@pytest.mark.parametrize("kind", ["InvertibleLinear + LeakyReLU", "LULinear + LeakyReLU", "AdditiveCoupling + LeakyReLU",
-                                  "CircularConv1d + Asinh", "CircularConv2d + Asinh"])
+@pytest.mark.parametrize("kind", ["InvertibleLinear + LeakyReLU", "LULinear + LeakyReLU",
+                                  "AdditiveCoupling + LeakyReLU", "CircularConv1d + Asinh", "CircularConv2d + Asinh"])
 def test_inverse_of_an_autocast_output_keeps_its_dtype(kind):
     net, shape = autocast_stack(kind, 64)
     layer = net[0]

@@ -1,7 +1,7 @@
 """The book's measurements that need a GPU, in one run; writes one JSON file.
 
-Usage: ``python tools/gpu_run.py OUT.json [SECTION ...]`` on a machine with CUDA (all sections by default). Sections (each timed and
-guarded, so one failure is recorded and the rest still runs):
+Usage: ``python tools/gpu_run.py OUT.json [SECTION ...]`` on a machine with CUDA (all sections by
+default). Sections (each timed and guarded, so one failure is recorded and the rest still runs):
 
 * ``post_networks``: the seed post's three networks at the post's sizes
   (:data:`invlib.networks.POST_NETWORKS`), allocator-level peak of one float32 training step per
@@ -166,7 +166,8 @@ def profile(deadline):
         syncs = [e for e in prof.key_averages(group_by_stack_n=8)
                  if e.key in ("aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize")]
         out[kind] = {"step_seconds_profiled": seconds,
-                     "table": prof.key_averages().table(sort_by="cpu_time_total", row_limit=30, max_name_column_width=50),
+                     "table": prof.key_averages().table(sort_by="cpu_time_total", row_limit=30,
+                                                        max_name_column_width=50),
                      "syncs": [{"op": e.key, "count": e.count, "cpu_us": e.cpu_time_total, "stack": list(e.stack)[:8]}
                                for e in sorted(syncs, key=lambda e: -e.count)[:25]]}
     return out
