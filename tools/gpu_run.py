@@ -33,7 +33,6 @@ import traceback
 from pathlib import Path
 
 import torch
-from torch import nn
 
 import invlib
 from invlib.budget import largest_batch, largest_depth, measured_bytes
@@ -139,8 +138,8 @@ def bench(deadline):
 
 
 def profile(deadline):
-    """Where an ``invlib`` step's time goes on the GPU: torch.profiler's table for one step, and the
-    Python stacks of the operations that make the host wait for the device (``.item()``-like reads)."""
+    """Where an ``invlib`` step's time goes on the GPU: torch.profiler's table for one step, and how
+    often the host waits for the device (``.item()``-like reads and stream synchronisations)."""
     from invlib.compare import chain, training_step
     out = {}
     for kind in ("dense", "lu", "coupling", "conv1d"):
@@ -158,18 +157,18 @@ def profile(deadline):
             training_step(step, x)
         torch.cuda.synchronize()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                                torch.profiler.ProfilerActivity.CUDA], with_stack=True) as prof:
+                                                torch.profiler.ProfilerActivity.CUDA]) as prof:
             start = time.perf_counter()
             training_step(step, x)
             torch.cuda.synchronize()
             seconds = time.perf_counter() - start
-        syncs = [e for e in prof.key_averages(group_by_stack_n=8)
+        syncs = [e for e in prof.key_averages()
                  if e.key in ("aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize")]
         out[kind] = {"step_seconds_profiled": seconds,
                      "table": prof.key_averages().table(sort_by="cpu_time_total", row_limit=30,
                                                         max_name_column_width=50),
-                     "syncs": [{"op": e.key, "count": e.count, "cpu_us": e.cpu_time_total, "stack": list(e.stack)[:8]}
-                               for e in sorted(syncs, key=lambda e: -e.count)[:25]]}
+                     "syncs": [{"op": e.key, "count": e.count, "cpu_us": e.cpu_time_total}
+                               for e in sorted(syncs, key=lambda e: -e.count)]}
     return out
 
 
