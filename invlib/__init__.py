@@ -23,6 +23,7 @@ from .conv import CircularConv1d, CircularConv2d
 from .coupling import AdditiveCoupling
 from .linear import InvertibleLinear
 from .lu_linear import LULinear
+from ._reverse_step import ReconstructionWarning
 from .sequential import InvertibleSequential
 from .sliders import slider
 
@@ -38,6 +39,7 @@ __all__ = [
     "InvertibleSequential",
     "LULinear",
     "LeakyReLU",
+    "ReconstructionWarning",
     "compare",
     "costs",
     "diagnose",

@@ -31,13 +31,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._checks import LUTally, check_condition, check_lu
-from ._condition import norm1
+from ._verdict import LUTally, check_lu
 from .activations import LeakyReLU
 from .base import Invertible, work_dtype
 from .conv import _CircularConv
 from .linear import InvertibleLinear
-from .lu_linear import LULinear, factor_operators
+from .lu_linear import LULinear
 from .sequential import InvertibleSequential
 
 __all__ = ["LayerDiagnosis", "Diagnosis", "diagnose", "condition_estimate"]
@@ -117,9 +116,7 @@ def condition_estimate(layer: Invertible, x: Tensor | None = None) -> float | No
     if isinstance(layer, LULinear):
         def factored() -> float:
             lower, upper = (t.detach().to(work_dtype(t)) for t in layer._factors())
-            multiply, solve = factor_operators(layer.perm, lower, upper)
-            norm = norm1(multiply, (1,), layer.features, upper.dtype, upper.device)
-            return check_condition(torch.diagonal(upper).unsqueeze(0), norm, solve, owner="diagnose")
+            return layer.condition(lower, upper)
         return _quietly(factored)
     if isinstance(layer, _CircularConv) and x is not None:
         def convolution() -> float:

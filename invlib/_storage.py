@@ -18,11 +18,21 @@ def sole_reference(t: Tensor) -> bool:
     Views and detached aliases of ``t`` each hold the storage, and so do tensors autograd saved.
     If PyTorch does not expose the count, answers False: never reuse what may be shared.
     """
-    use_count = getattr(torch._C, "_storage_Use_Count", None)
-    if use_count is None or t._base is not None:
+    if _USE_COUNT is None or t._base is not None:
         return False
-    fresh = torch.empty(1, device=t.device)
-    return use_count(t.untyped_storage()._cdata) == use_count(fresh.untyped_storage()._cdata)
+    return _USE_COUNT(t.untyped_storage()._cdata) == _FRESH
+
+
+def _fresh_count() -> int | None:
+    """The use count of a storage held by one tensor alone (it depends on torch's internals)."""
+    if _USE_COUNT is None:
+        return None
+    fresh = torch.empty(1)
+    return _USE_COUNT(fresh.untyped_storage()._cdata)
+
+
+_USE_COUNT = getattr(torch._C, "_storage_Use_Count", None)
+_FRESH = _fresh_count()
 
 
 def shares_memory(a: Tensor, *others: Tensor) -> bool:

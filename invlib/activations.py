@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 import warnings
+from functools import partial
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
 from ._checks import check_tensor
+from ._verdict import SINGULAR, WARN, Verdicts
 from .base import Invertible, full_precision, half_precision, work_dtype
 
 
@@ -48,6 +50,7 @@ class LeakyReLU(Invertible):
     """
 
     reverse_in_place = True
+    draws_random = False
 
     def __init__(self, negative_slope: float = 0.01) -> None:
         super().__init__()
@@ -104,6 +107,8 @@ class Asinh(Invertible):
     (``|x| > ~1e308``) and ``|y| > ~89`` in float32.
     """
 
+    draws_random = False
+
     def forward(self, x: Tensor) -> Tensor:
         return torch.asinh(_check(x, "x", "Asinh"))
 
@@ -131,6 +136,9 @@ class ELU(Invertible):
     reverse step clamps such ``y`` to ``-alpha (1 - eps/2)``, the closest value that precision
     resolves, rather than fail a backward the plain loop completes. Clevert et al. 2015, arXiv 1511.07289.
     """
+
+    draws_random = False
+    observes = True
 
     def __init__(self, alpha: float = 1.0) -> None:
         super().__init__()
@@ -173,5 +181,51 @@ class ELU(Invertible):
             x_bar = torch.where(y > 0, y_bar, y_bar * (y + self.alpha))
         return x, x_bar
 
+    def observe(self, x: Tensor) -> Tensor | None:
+        """The smallest input (a device scalar): how close the outputs come to the asymptote."""
+        return x.detach().amin() if x.numel() else None
+
+    def kappa(self, x_min: Tensor) -> Tensor:
+        """Condition number of the inverse over inputs ``>= x_min``: the ratio of the largest to
+        the smallest slope, ``max(1, alpha) / min(1, alpha e^{x_min})``; ``e^{-x_min}`` for ``alpha = 1``."""
+        smallest = torch.clamp(self.alpha * torch.exp(torch.clamp(x_min, max=0.0)), max=1.0)
+        return max(1.0, self.alpha) / smallest
+
+    @classmethod
+    def judge(cls, states: list, budget: object, verdicts: Verdicts) -> None:
+        """Judge each ELU's inverse from its forward's smallest input (``observe``), on the device,
+        by the thresholds of the matrix layers: singular above ``1/eps`` (the outputs round onto
+        ``-alpha``), badly conditioned above ``1/sqrt(eps)``, ``eps`` of the dtype the inverse
+        computes in (float32 for half precision)."""
+        for state in states:
+            if state.observed is None:  # an empty batch: nothing to invert
+                continue
+            x_min = state.observed.to(work_dtype(state.observed))
+            eps = torch.finfo(x_min.dtype).eps
+            kappa = torch.where(torch.isfinite(x_min), state.layer.kappa(x_min), math.inf)
+            code = torch.where(kappa > 1.0 / eps, SINGULAR, torch.where(kappa > 1.0 / math.sqrt(eps), WARN, 0))
+            verdicts.put(state.index, code, partial(_explain_elu, state.layer, x_min, eps))
+
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}"
+
+
+def _explain_elu(layer: ELU, x_min: Tensor, eps: float) -> float:
+    low = float(x_min)
+    value = float(layer.kappa(x_min)) if math.isfinite(low) else math.inf
+    if not math.isfinite(low):
+        raise ValueError(f"ELU: its input contains NaN or inf (smallest entry {low}); they come from the "
+                         "network's input or an earlier layer; check those for overflow")
+    if value > 1.0 / eps:
+        raise ValueError(
+            f"ELU: the inverse is singular to working precision: the smallest input was {low:.4g}, where the "
+            f"output alpha (e^x - 1) lies within rounding of -alpha = {-layer.alpha}; the inverse's slope ratio "
+            f"kappa = {value:.3e} > 1/eps = {1 / eps:.3e}, so x cannot be rebuilt from y; scale the inputs of "
+            "this layer down (e.g. normalise the layer before it) or use LeakyReLU or Asinh")
+    warnings.warn(
+        f"ELU: the inverse is badly conditioned: the smallest input was {low:.4g}, where the inverse amplifies "
+        f"rounding errors by kappa = {value:.3e} > 1/sqrt(eps) = {1 / math.sqrt(eps):.3e}; expect to lose about "
+        f"{math.log10(value):.0f} of {-math.log10(eps):.0f} significant digits in the rebuilt input and the "
+        "gradients; keep this layer's inputs away from large negative values or compute in float64",
+        UserWarning, stacklevel=5)
+    return value

@@ -22,23 +22,67 @@ Finzi et al., "Invertible Convolutional Networks", ICML workshop 2019.
 from __future__ import annotations
 
 import math
+from functools import partial
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ._checks import LUTally, check_positive_int, check_tensor
+from ._checks import check_positive_int, check_tensor
+from ._prepare import Budget, applied, read
+from ._state import State
+from ._verdict import LUTally, Verdicts
 from .base import Invertible, accumulate_grad, as_applied, full_precision, work_dtype
 from .linear import random_orthogonal
 
 _CONTRACT = {1: "fj,jcd->fcd", 2: "fj,fk,jkcd->fcd"}  # per-frequency phases x kernel taps -> H[f]
 
 
+_PHASES: dict[tuple, Tensor] = {}
+
+
+def _phases(n: int, nfreq: int, k: int, p: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``exp(+2 pi i f (j - p) / n)`` for frequencies ``f < nfreq`` and taps ``j < k``, ``(nfreq, k)``,
+    made once per size, kernel, dtype and device (a few kilobytes). The product ``f (j - p)`` is
+    reduced mod ``n`` in integers first, so the angle stays in ``[0, 2 pi)``."""
+    key = (n, nfreq, k, p, dtype, device)
+    if key not in _PHASES:
+        with torch.inference_mode(False), torch.no_grad():  # a plain constant, usable anywhere later
+            _PHASES[key] = _make_phases(n, nfreq, k, p, dtype, device)
+    return _PHASES[key]
+
+
+def _make_phases(n: int, nfreq: int, k: int, p: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    taps = torch.arange(k, device=device) - p
+    angle = (torch.outer(torch.arange(nfreq, device=device), taps) % n).to(torch.float64) * (2 * math.pi / n)
+    return torch.polar(torch.ones_like(angle), angle).to(dtype)
+
+
+def _frequency_namer(nfreq: tuple[int, ...], size: tuple[int, ...]):
+    def where(k: int) -> str:
+        index = tuple(int(i) for i in torch.unravel_index(torch.tensor(k), nfreq))
+        return f"at frequency {index} (spatial size {size})"
+    return where
+
+
+class Spectrum:
+    """What the check before the sweep left for a convolution's reverse step: the LU factors of
+    every frequency's response (``lu``, ``pivots``), or ``None`` when they did not fit in the
+    budget (the step factorises again, a chunk at a time, without judging a second time)."""
+
+    __slots__ = ("lu", "pivots")
+
+    def __init__(self) -> None:
+        self.lu: Tensor | None = None
+        self.pivots: Tensor | None = None
+
+
 class _CircularConv(Invertible):
     """Shared implementation of :class:`CircularConv1d` and :class:`CircularConv2d`."""
 
     spatial_dims: int
+    draws_random = False
 
     def __init__(self, channels: int, kernel_size: int, bias: bool = True,
                  scratch_bytes: int | None = None) -> None:
@@ -104,32 +148,55 @@ class _CircularConv(Invertible):
 
     def _response_rows(self, size: tuple[int, ...], weight: Tensor, start: int, stop: int) -> Tensor:
         """``H[f]`` for the frequencies ``start <= f < stop`` in row-major order over ``nfreq``:
-        ``(stop - start, C, C)``, so that an inverse can work through the spectrum in chunks."""
-        real = work_dtype(weight)  # no half-precision complex arithmetic on CPU
-        taps = torch.arange(self.kernel_size, device=weight.device) - self.pad[0]
+        ``(stop - start, C, C)``, so that an inverse can work through the spectrum in chunks.
+        ``weight`` may be the kernel already in the complex layout of :meth:`_kernel`."""
+        kernel = weight if weight.is_complex() else self._kernel(weight)
         nfreq = (*size[:-1], size[-1] // 2 + 1)
-        flat = torch.arange(start, stop, device=weight.device)
-        phases = []
-        for axis in reversed(range(len(size))):  # unravel f into per-axis frequency indices
-            freqs, flat = flat % nfreq[axis], flat // nfreq[axis]
-            # Reduce f * (j - p) mod n in integers first: the angle then stays in [0, 2 pi).
-            angle = (torch.outer(freqs, taps) % size[axis]).to(real) * (2 * math.pi / size[axis])
-            phases.insert(0, torch.polar(torch.ones_like(angle), angle))
-        kernel = weight.movedim((0, 1), (-2, -1)).to(phases[0].dtype)
-        return torch.einsum(_CONTRACT[self.spatial_dims], *phases, kernel)
+        tables = [_phases(n, f, self.kernel_size, self.pad[0], kernel.dtype, kernel.device)
+                  for n, f in zip(size, nfreq)]
+        if len(size) == 1:
+            return torch.einsum(_CONTRACT[1], tables[0][start:stop], kernel)
+        rows = torch.arange(start, stop, device=kernel.device)
+        phases = (tables[0].index_select(0, rows // nfreq[1]), tables[1].index_select(0, rows % nfreq[1]))
+        return torch.einsum(_CONTRACT[2], *phases, kernel)
+
+    def _kernel(self, weight: Tensor) -> Tensor:
+        """The taps as complex ``(*taps, C, C)`` matrices, ready for :meth:`_response_rows`."""
+        complex_dtype = torch.complex128 if work_dtype(weight) == torch.float64 else torch.complex64
+        return weight.movedim((0, 1), (-2, -1)).to(complex_dtype)
 
     def inverse(self, y: Tensor) -> Tensor:
         y = self._check(y, "y")
         weight = as_applied(self.weight)  # under autocast, the rounded kernel the forward applied
         with full_precision(y):
-            return self._invert(y, weight, self.bias).to(y.dtype)
+            return self._invert(y, weight, self.bias, None).to(y.dtype)
 
-    def _invert(self, y: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    def _budget(self, y_bytes: int) -> int:
+        return self.scratch_bytes or max(y_bytes, 1)
+
+    def _per_frequency(self, batch: int, element: int) -> int:
+        """Working bytes per frequency of the chunked inverse: a response and its LU (complex),
+        the spectrum's solve, and a real magnitude temporary."""
+        c = self.channels
+        return 2 * element * (2 * c * c + 2 * c * batch) + element * c * c
+
+    def _factorise(self, size: tuple[int, ...], weight: Tensor, start: int, stop: int,
+                   tally: LUTally | None) -> tuple[Tensor, Tensor]:
+        """LU factors of ``H[f]`` for frequencies ``start <= f < stop``, judged into ``tally``."""
+        response = self._response_rows(size, weight, start, stop)  # (k, C, C)
+        lu, pivots, _ = torch.linalg.lu_factor_ex(response)
+        if tally is not None:
+            tally.add(lu, pivots, response)
+        return lu, pivots
+
+    def _invert(self, y: Tensor, weight: Tensor, bias: Tensor | None, prepared: Spectrum | None) -> Tensor:
         """``x`` from ``y`` in :func:`invlib.base.work_dtype` (float32 for half precision).
 
         The spectrum of ``y - b`` is solved in place, a chunk of frequencies at a time: each
         chunk's responses ``H[f]`` are formed, factorised, checked and solved against, then
         freed, so the working memory beyond the spectra stays within ``scratch_bytes``.
+        ``prepared`` (inside :class:`InvertibleSequential`): the check before the sweep judged the
+        kernel already and may have left the factors of every frequency; ``None``: judge here.
         """
         dtype = work_dtype(y, weight)
         y, weight = y.to(dtype), weight.to(dtype)
@@ -137,42 +204,39 @@ class _CircularConv(Invertible):
         dims = tuple(range(2, y.ndim))
         nfreq = (*size[:-1], size[-1] // 2 + 1)
         total = math.prod(nfreq)
-
-        def where(k: int) -> str:
-            index = tuple(int(i) for i in torch.unravel_index(torch.tensor(k), nfreq))
-            return f"at frequency {index} (spatial size {size})"
-
         bias = bias.to(dtype).view(channels, *(1,) * len(size)) if bias is not None else 0.0
         # MKL's FFT refuses an empty batch; the weight is still checked.
         spectrum = torch.fft.rfftn(y - bias, dim=dims) if batch else None
         flat = None if spectrum is None else spectrum.view(batch, channels, total)
-        complex_bytes = 2 * y.element_size()
-        budget = self.scratch_bytes or max(y.numel() * y.element_size(), 1)
-        per_frequency = complex_bytes * (2 * channels * channels + 2 * channels * batch) + y.element_size() * channels**2
-        chunk = max(1, budget // per_frequency)
-        tally = LUTally(owner=type(self).__name__, weight=weight, where=where)
-        for start in range(0, total, chunk):
-            stop = min(start + chunk, total)
-            response = self._response_rows(size, weight, start, stop)  # (k, C, C)
-            lu, pivots, _ = torch.linalg.lu_factor_ex(response)
-            tally.add(lu, pivots, response)
-            del response
+        kernel = self._kernel(weight)
+        if prepared is not None and prepared.lu is not None:
             if flat is not None:
-                part = flat[:, :, start:stop]
-                part.copy_(torch.linalg.lu_solve(lu, pivots, part.permute(2, 1, 0)).permute(2, 1, 0))
-            del lu, pivots
-        tally.finish()
+                flat.copy_(torch.linalg.lu_solve(prepared.lu, prepared.pivots, flat.permute(2, 1, 0)).permute(2, 1, 0))
+        else:
+            tally = None if prepared is not None else LUTally(owner=type(self).__name__, weight=weight,
+                                                               where=_frequency_namer(nfreq, size))
+            chunk = max(1, self._budget(y.numel() * y.element_size()) // self._per_frequency(batch, y.element_size()))
+            for start in range(0, total, chunk):
+                stop = min(start + chunk, total)
+                lu, pivots = self._factorise(size, kernel, start, stop, tally)
+                if flat is not None:
+                    part = flat[:, :, start:stop]
+                    part.copy_(torch.linalg.lu_solve(lu, pivots, part.permute(2, 1, 0)).permute(2, 1, 0))
+                del lu, pivots
+            if tally is not None:
+                tally.finish()
         if spectrum is None:
             return y - bias
         return torch.fft.irfftn(spectrum, s=size, dim=dims)
 
-    def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
+    def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False,
+                prepared: Spectrum | None = None) -> tuple[Tensor, Tensor]:
         y = self._check(y, "y")  # before autocast is switched off: it may hand over half precision
         with torch.enable_grad():  # a parametrised weight is computed once, with its graph
             weight, bias = self.weight, self.bias
         applied = as_applied(weight.detach())  # under autocast: invert and differentiate round(W)
         with torch.no_grad(), full_precision(y):
-            x = self._invert(y, applied, None if bias is None else bias.detach())
+            x = self._invert(y, applied, None if bias is None else bias.detach(), prepared)
             y_bar, w = y_bar.to(x.dtype), applied.to(x.dtype)
             spatial = tuple(range(2, 2 + self.spatial_dims))
             # Adjoint of circular correlation: correlate with the transposed, flipped kernel,
@@ -188,6 +252,30 @@ class _CircularConv(Invertible):
         accumulate_grad(weight, weight_bar)
         accumulate_grad(bias, bias_bar)
         return x, x_bar
+
+    @classmethod
+    def judge(cls, states: list[State], budget: Budget, verdicts: Verdicts) -> None:
+        """Judge each convolution's kernel at the spatial size its forward saw: every frequency's
+        response factorised, a chunk at a time within ``budget``, and judged as one block-diagonal
+        operator (``LUTally``); the factors of all frequencies stay for the reverse step when
+        they fit in what is left of ``budget``."""
+        for state in states:
+            layer: _CircularConv = state.layer
+            weight, size = _applied_kernel(state), tuple(state.shape[2:])
+            nfreq = (*size[:-1], size[-1] // 2 + 1)
+            total, element = math.prod(nfreq), weight.element_size()
+            tally = LUTally(owner=cls.__name__, detail=False)
+            weight = layer._kernel(weight)
+            held = total * (2 * element * layer.channels**2 + 8 * layer.channels)
+            spectrum = Spectrum()
+            if budget.take(held):  # all at once, and kept
+                spectrum.lu, spectrum.pivots = layer._factorise(size, weight, 0, total, tally)
+            else:
+                chunk = budget.batch(layer._per_frequency(0, element))  # what is left, at least one
+                for start in range(0, total, chunk):
+                    layer._factorise(size, weight, start, min(start + chunk, total), tally)
+            state.prepared = spectrum
+            verdicts.put(state.index, tally.code(), partial(_explain, state))
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, kernel_size={self.kernel_size}, bias={self.bias is not None}"
@@ -224,3 +312,22 @@ class CircularConv2d(_CircularConv):
     """
 
     spatial_dims = 2
+
+
+def _applied_kernel(state: State) -> Tensor:
+    weight = applied(state, read(state, "weight"))
+    return weight.to(work_dtype(weight))
+
+
+def _explain(state: State) -> float:
+    """The host side of a convolution's verdict: the same factorisation and estimates, judged."""
+    layer: _CircularConv = state.layer
+    weight, size = _applied_kernel(state), tuple(state.shape[2:])
+    nfreq = (*size[:-1], size[-1] // 2 + 1)
+    total = math.prod(nfreq)
+    tally = LUTally(owner=type(layer).__name__, weight=weight, where=_frequency_namer(nfreq, size))
+    chunk = max(1, layer._budget(0) // layer._per_frequency(0, weight.element_size()))
+    kernel = layer._kernel(weight)
+    for start in range(0, total, chunk):
+        layer._factorise(size, kernel, start, min(start + chunk, total), tally)
+    return tally.finish()

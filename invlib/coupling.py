@@ -6,13 +6,16 @@ Storing Activations", NeurIPS 2017 (arXiv 1707.04585), section 3.
 
 from __future__ import annotations
 
+import sys
+import weakref
+
 import torch
 from torch import Tensor, nn
 
 from ._checks import check_tensor
 from ._replay import rng_point
 from ._storage import sole_reference
-from .base import Invertible
+from .base import Invertible, run_backward
 
 
 class AdditiveCoupling(Invertible):
@@ -46,6 +49,8 @@ class AdditiveCoupling(Invertible):
     """
 
     reverse_in_place = True
+    #: The block's own code draws no random numbers; F and G are examined (``invlib._replay``).
+    draws_random = False
     #: F and G may take a second argument, a conditioning context (see InvertibleSequential).
     takes_context = True
 
@@ -64,12 +69,18 @@ class AdditiveCoupling(Invertible):
                 f"AdditiveCoupling: {name} must have an even size along dim 1 to split in halves, got shape "
                 f"{tuple(t.shape)}; pad or project the input to an even number of features/channels"
             )
-        half = t.shape[1] // 2
-        return t.narrow(1, 0, half), t.narrow(1, half, half)
+        return t.chunk(2, 1)
 
     def _call(self, module: nn.Module, name: str, t: Tensor, context: Tensor | None) -> Tensor:
         rng_point(self, name)  # forward records, reverse restores: dropout draws the same masks
+        version = t._version
         out = module(t) if context is None else module(t, context)
+        if t._version != version:
+            raise ValueError(
+                f"AdditiveCoupling: {name} modified its input in place (e.g. torch.relu_, or a module with "
+                "inplace=True at its start); the block is then no longer invertible, and its reverse step "
+                f"evaluates {name} on a rebuilt input that must stay intact. Use out-of-place operations "
+                f"in {name} (nn.ReLU() rather than nn.ReLU(inplace=True)), or clone the input first")
         if out.shape != t.shape:
             raise ValueError(
                 f"AdditiveCoupling: {name} must map the half shape {tuple(t.shape)} to itself, got {tuple(out.shape)}"
@@ -85,7 +96,7 @@ class AdditiveCoupling(Invertible):
         # Without a tape (e.g. inside InvertibleSequential) the sums go straight into the halves
         # of y: autograd cannot record out= writes, but here it need not, and the cat copy is saved.
         y = torch.empty_like(x)
-        y1, y2 = y.narrow(1, 0, x1.shape[1]), y.narrow(1, x1.shape[1], x1.shape[1])
+        y1, y2 = y.chunk(2, 1)
         torch.add(x1, self._call(self.F, "F", x2, context), out=y1)
         torch.add(x2, self._call(self.G, "G", y1, context), out=y2)
         return y
@@ -104,65 +115,49 @@ class AdditiveCoupling(Invertible):
             return self._reverse(y, y_bar, overwrite, context)
 
     def _reverse(self, y: Tensor, y_bar: Tensor, overwrite: bool, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        y1, y2 = self._halves(y, "y")
-        half = y1.shape[1]
-        y1_bar, y2_bar = y_bar.narrow(1, 0, half), y_bar.narrow(1, half, half)
+        y1, y2 = self._halves(y, "y")  # (InvertibleSequential hands over outputs of this block's forward)
+        y1_bar, y2_bar = y_bar.chunk(2, 1)
         # x and x_bar are written half by half: into y and y_bar themselves when the caller hands
         # them over, else into fresh buffers. Either way no torch.cat copies.
-        x, x_bar = (y, y_bar) if overwrite else (torch.empty_like(y), torch.empty_like(y_bar))
-        x1, x2 = x.narrow(1, 0, half), x.narrow(1, half, half)
-        x1_bar, x2_bar = x_bar.narrow(1, 0, half), x_bar.narrow(1, half, half)
-
-        # ---- G stage: x2 = y2 - G(y1);  y1_total = y1_bar + G'(y1)^T y2_bar  (stored in x1_bar)
-        self._undo(self.G, "G", y1, y2, x2, y2_bar, y1_bar, x1_bar, context)
+        if overwrite:
+            x, x_bar, (x1, x2), (x1_bar, x2_bar) = y, y_bar, (y1, y2), (y1_bar, y2_bar)
+        else:
+            x, x_bar = torch.empty_like(y), torch.empty_like(y_bar)
+            (x1, x2), (x1_bar, x2_bar) = x.chunk(2, 1), x_bar.chunk(2, 1)
+            x1_bar.copy_(y1_bar)
+        # ---- G stage: x2 = y2 - G(y1);  y1_total = y1_bar + G'(y1)^T y2_bar  (accumulated in x1_bar)
+        self._undo(self.G, "G", y1, y2, x2, y2_bar, x1_bar, context)
         # ---- F stage: x1 = y1 - F(x2);  x2_bar = y2_bar + F'(x2)^T y1_total
-        self._undo(self.F, "F", x2, y1, x1, x1_bar, y2_bar, x2_bar, context)
+        if x2_bar.data_ptr() != y2_bar.data_ptr():
+            x2_bar.copy_(y2_bar)
+        self._undo(self.F, "F", x2, y1, x1, x1_bar, x2_bar, context)
         return x, x_bar
 
     def _undo(self, module: nn.Module, name: str, u: Tensor, v: Tensor, out: Tensor,
-              v_bar: Tensor, u_bar: Tensor, u_bar_out: Tensor, context: Tensor | None) -> None:
+              v_bar: Tensor, u_bar: Tensor, context: Tensor | None) -> None:
         """One half of the reverse step, for a half ``v = w + M(u)`` of the forward pass:
-        ``out = v - M(u)`` (the rebuilt ``w``) and ``u_bar_out = u_bar + M'(u)^T v_bar``,
-        accumulating ``M``'s parameter gradients on the way. ``out`` and ``u_bar_out`` may
-        alias ``v`` and ``u_bar``. The leaf aliases ``u``'s storage but owns its version counter
-        (_alias), so ``out`` may be written, in the same buffer, before the backward."""
+        ``out = v - M(u)`` (the rebuilt ``w``) and ``u_bar += M'(u)^T v_bar`` in place,
+        accumulating ``M``'s parameter gradients on the way; ``out`` may alias ``v``. The leaf
+        aliases ``u``'s storage but owns its version counter (_alias), so ``out`` may be written,
+        in the same buffer, before the backward."""
         leaf = _alias(u).requires_grad_()
         with torch.enable_grad():
             m = self._call(module, name, leaf, context)
         torch.sub(v, m, out=out)
-        _release_if_unshared(m)
-        _backward(m, v_bar)
-        del m
-        _add_grad(u_bar, leaf, out=u_bar_out)
+        # m's values are used; its memory may go before the backward below, which reads only its
+        # shape, if nothing but this frame can reach it: no other Python reference holds the
+        # tensor (a hook or a module that kept its output), no weak reference can revive it, and
+        # no other tensor shares the storage (the graph saved no output, no view).
+        if m.grad_fn is not None and sys.getrefcount(m) == 2 and not weakref.getweakrefcount(m) \
+                and sole_reference(m):
+            m.untyped_storage().resize_(0)
+        if m.requires_grad:  # under autocast m may be half precision while v_bar is not
+            run_backward(m, v_bar if v_bar.dtype == m.dtype else v_bar.to(m.dtype))
+            if leaf.grad is not None:
+                u_bar.add_(leaf.grad)
 
 
 def _alias(t: Tensor) -> Tensor:
     """A tensor viewing ``t``'s memory with a version counter of its own (not a view of ``t``)."""
     return torch.empty(0, dtype=t.dtype, device=t.device).set_(
         t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
-
-
-def _release_if_unshared(out: Tensor) -> None:
-    """Free ``out``'s memory now if nothing else holds it (its values are already used).
-
-    ``backward(out, out_bar)`` reads only ``out``'s shape. If the sub-network's graph saved
-    ``out`` (Tanh, Sigmoid save their output), or ``out`` is a leaf, a view, or the output of a
-    nested invlib container, its storage has other holders and is left alone; otherwise (Linear,
-    LeakyReLU save their input) this drops one half-activation from the reverse step's peak.
-    """
-    if out.grad_fn is not None and sole_reference(out):
-        out.untyped_storage().resize_(0)
-
-
-def _backward(out: Tensor, out_bar: Tensor) -> None:
-    """Back-propagate ``out_bar`` from ``out``, accumulating into leaves' ``.grad`` (skip if constant)."""
-    if out.requires_grad:  # under autocast out may be half precision while out_bar is not
-        torch.autograd.backward(out, out_bar.to(out.dtype))
-
-
-def _add_grad(bar: Tensor, leaf: Tensor, *, out: Tensor) -> None:
-    """``out = bar + leaf.grad``, where a missing ``.grad`` (output independent of the leaf) is zero."""
-    if leaf.grad is None:
-        out.copy_(bar)
-    else:
-        torch.add(bar, leaf.grad, out=out)

@@ -8,15 +8,26 @@ Generative Flow with Invertible 1x1 Convolutions", 2018 (arXiv 1807.03039), sect
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ._checks import check_condition, check_finite, check_lu, check_positive_int, check_tensor, judged
+from ._checks import check_finite, check_positive_int, check_tensor
 from ._condition import Operator, norm1
+from ._prepare import Budget, read
+from ._state import State, in_forward
+from ._verdict import Verdicts, check_lu, code_of, judge
 from .base import Invertible, accumulate_grad, full_precision, work_dtype
-from .linear import random_orthogonal, solve_lu_right
+from .linear import EXACT_WIDTH, random_orthogonal, solve_lu_right
+
+
+def _rows(v: Tensor, index: Tensor) -> Tensor:
+    """``v[..., index, :]``, with one ``index`` per matrix when ``index`` is ``(m, n)``."""
+    if index.ndim == 1:
+        return v[..., index, :]
+    return torch.gather(v, -2, index[..., None].expand(v.shape))
 
 
 def factor_operators(perm: Tensor, lower: Tensor, upper: Tensor) -> tuple[Operator, Operator]:
@@ -24,22 +35,41 @@ def factor_operators(perm: Tensor, lower: Tensor, upper: Tensor) -> tuple[Operat
 
     ``W v = (L (U v))[perm]`` and ``W^H v = U^H L^H P^T v``; ``W^{-1} v = U^{-1} L^{-1} P^T v`` and
     ``W^{-H} v = P L^{-H} U^{-H} v``, with ``(P^T v)[perm[i]] = v[i]``. O(n^2) per column.
+    Batched: ``perm`` ``(m, n)`` with ``lower``, ``upper`` ``(m, n, n)`` is ``m`` matrices.
     """
     back = torch.argsort(perm)  # (P^T v) = v[back]
 
     def multiply(v: Tensor, adjoint: bool) -> Tensor:
         if adjoint:
-            return upper.mH @ (lower.mH @ v[..., back, :])
-        return (lower @ (upper @ v))[..., perm, :]
+            return upper.mH @ (lower.mH @ _rows(v, back))
+        return _rows(lower @ (upper @ v), perm)
 
     def solve(v: Tensor, adjoint: bool) -> Tensor:
         if adjoint:
             v = torch.linalg.solve_triangular(upper.mH, v, upper=False)
-            return torch.linalg.solve_triangular(lower.mH, v, upper=True, unitriangular=True)[..., perm, :]
-        v = torch.linalg.solve_triangular(lower, v[..., back, :], upper=False, unitriangular=True)
+            return _rows(torch.linalg.solve_triangular(lower.mH, v, upper=True, unitriangular=True), perm)
+        v = torch.linalg.solve_triangular(lower, _rows(v, back), upper=False, unitriangular=True)
         return torch.linalg.solve_triangular(upper, v, upper=True)
 
     return multiply, solve
+
+
+def factor_norms(perm: Tensor, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
+    """``||W||_1`` and ``||W^{-1}||_1`` of ``W = P L U`` (one matrix, or a batch with ``perm``
+    ``(m, n)``), on the device: exact up to ``EXACT_WIDTH`` (``W`` and ``W^{-1} = U^{-1} L^{-1}
+    P^T`` formed, fewer calls), estimated above (:func:`invlib._condition.norm1` with products
+    and triangular solves, O(n^2) each). NaN or inf in a factor, or a zero pivot, give NaN or inf."""
+    n = upper.shape[-1]
+    batch = upper.shape[:-2]
+    if n <= EXACT_WIDTH:
+        weight = _rows(lower @ upper, perm)
+        eye = _rows(torch.eye(n, dtype=upper.dtype, device=upper.device).expand(*batch, n, n), torch.argsort(perm))
+        inverse = torch.linalg.solve_triangular(
+            upper, torch.linalg.solve_triangular(lower, eye, upper=False, unitriangular=True), upper=True)
+        return weight.abs().sum(-2).amax(-1), inverse.abs().sum(-2).amax(-1)
+    multiply, solve = factor_operators(perm, lower, upper)
+    return norm1(multiply, tuple(batch), n, upper.dtype, upper.device), norm1(solve, tuple(batch), n, upper.dtype,
+                                                                           upper.device)
 
 
 class LULinear(Invertible):
@@ -62,6 +92,9 @@ class LULinear(Invertible):
     (``s_i = 0``, ``W`` singular) raises before anything is computed from it (not under
     ``torch.compile``, where the check would break the graph).
     """
+
+    draws_random = False
+    constant_buffers = ("perm", "sign")
 
     def __init__(self, features: int, bias: bool = True) -> None:
         super().__init__()
@@ -141,51 +174,106 @@ class LULinear(Invertible):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self._check(x, "x")
-        self._check_log_s()
+        if not in_forward():  # inside InvertibleSequential the check before the sweep does it
+            self._check_log_s()
         return F.linear(x, self.weight, self.bias)
 
-    def _solve(self, y: Tensor, lower: Tensor, upper: Tensor, bias: Tensor | None) -> Tensor:
-        """``x`` from ``y`` in :func:`invlib.base.work_dtype` (float32 for half precision)."""
-        self._check_log_s()
+    def _solve(self, y: Tensor, lower: Tensor, upper: Tensor, bias: Tensor | None, judged: bool) -> Tensor:
+        """``x`` from ``y`` in :func:`invlib.base.work_dtype` (float32 for half precision);
+        ``judged``: the check before the sweep judged the factors already."""
         dtype = work_dtype(y, upper)
         lower, upper = lower.to(dtype), upper.to(dtype)
-        fix = "re-initialise the layer or lower the learning rate"
-        check_finite(lower, name="the factor L (parameter lower)", owner="LULinear", fix=fix)
-        check_finite(upper, name="the factor U (parameter upper)", owner="LULinear", fix=fix)
-        if not judged():  # InvertibleSequential judged these factors before its first reverse step
-            multiply, solve = factor_operators(self.perm, lower.detach(), upper.detach())
-            norm = norm1(multiply, (1,), self.features, upper.dtype, upper.device)  # ||W||_1 without forming W
-            check_condition(torch.diagonal(upper).unsqueeze(0), norm, solve, owner="LULinear")
+        if not judged:
+            self._check_log_s()
+            fix = "re-initialise the layer or lower the learning rate"
+            check_finite(lower, name="the factor L (parameter lower)", owner="LULinear", fix=fix)
+            check_finite(upper, name="the factor U (parameter upper)", owner="LULinear", fix=fix)
+            self.condition(lower, upper)
         return solve_lu_right(y.to(dtype), None if bias is None else bias.to(dtype),
                               torch.argsort(self.perm), lower, upper)  # P[i, perm[i]] = 1
+
+    def condition(self, lower: Tensor, upper: Tensor) -> float:
+        """Judge the factors now (raise if singular, warn if badly conditioned), from
+        :func:`factor_norms`; return ``cond_1(W)``."""
+        norm, inverse_norm = factor_norms(self.perm, lower.detach(), upper.detach())
+        smallest = torch.diagonal(upper.detach()).abs().amin()
+        cond, smallest = torch.stack([norm * inverse_norm, smallest]).tolist()
+        return judge(cond, smallest, torch.finfo(upper.dtype).eps, owner="LULinear", location="")
 
     def check_inverse(self) -> None:
         with torch.no_grad():
             self._solve(torch.empty(0, self.features, dtype=self.log_s.dtype, device=self.log_s.device),
-                        *self._factors(), None)
+                        *self._factors(), None, False)
 
     def inverse(self, y: Tensor) -> Tensor:
         y = self._check(y, "y")
         with full_precision(y):
-            return self._solve(y, *self._factors(), self.bias).to(y.dtype)
+            return self._solve(y, *self._factors(), self.bias, False).to(y.dtype)
 
-    def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
+    def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False,
+                prepared: object = None) -> tuple[Tensor, Tensor]:
+        """As :meth:`Invertible.reverse`. With ``M = L U'`` (``U' = U + diag(s)``) and ``W = P M``:
+        ``x_bar = y_bar P L U'``, ``W_bar = y_bar^T x``, ``M_bar = P^T W_bar``, ``L_bar = M_bar U'^T``
+        (strictly lower part), ``U'_bar = L^T M_bar`` (strictly upper part for ``upper``, its
+        diagonal times ``s`` for ``log_s``), computed directly rather than by a second autograd pass."""
         y = self._check(y, "y")  # before autocast is switched off: it may hand over half precision
-        # The factors -> W graph is O(features^2) memory and cheap; W_bar = y_bar^T x is pushed
-        # through it by autograd instead of hand-deriving the gradients of L, U and log_s.
-        with torch.enable_grad(), full_precision(y):
-            lower, upper = self._factors()
-            weight, bias = (lower @ upper)[self.perm], self.bias
+        with torch.enable_grad():  # parametrised factors are computed once, with their graph
+            lower_p, upper_p, log_s_p, bias = self.lower, self.upper, self.log_s, self.bias
         with torch.no_grad(), full_precision(y):
-            x = self._solve(y, lower.detach(), upper.detach(),
-                            None if bias is None else bias.detach())
+            dtype = work_dtype(y, upper_p)
+            eye = torch.eye(self.features, dtype=dtype, device=upper_p.device)
+            s = (self.sign * torch.exp(log_s_p.detach())).to(dtype)
+            lower = torch.tril(lower_p.detach().to(dtype), -1) + eye
+            upper = torch.triu(upper_p.detach().to(dtype), 1) + torch.diag(s)
+            x = self._solve(y, lower, upper, None if bias is None else bias.detach(), prepared is not None)
+            back = torch.argsort(self.perm)
             y_bar = y_bar.to(x.dtype)
-            x_bar = y_bar @ weight.detach().to(x.dtype)
-            weight_bar = y_bar.mT @ x
+            # x_bar = y_bar P L U', in the cheaper order: two products with B rows, or L U' first
+            x_bar = (y_bar[:, back] @ lower) @ upper if y.shape[0] <= self.features else y_bar[:, back] @ (lower @ upper)
+            m_bar = (y_bar.mT @ x)[back]
+            upper_bar = lower.mT @ m_bar
+            lower_bar = torch.tril(m_bar @ upper.mT, -1)
+            log_s_bar = torch.diagonal(upper_bar) * s
+            upper_bar = torch.triu(upper_bar, 1)
             bias_bar = None if bias is None else y_bar.sum(0)
-        accumulate_grad(weight, weight_bar)
-        accumulate_grad(bias, bias_bar)
+        for param, grad in ((lower_p, lower_bar), (upper_p, upper_bar), (log_s_p, log_s_bar), (bias, bias_bar)):
+            accumulate_grad(param, grad)
         return x, x_bar
+
+    @classmethod
+    def judge(cls, states: list[State], budget: Budget, verdicts: Verdicts) -> None:
+        """Judge a stack's LU layers at once: ``cond_1(W) = ||W||_1 ||W^{-1}||_1`` from the factors,
+        batched over same-shaped layers within ``budget``: exact up to ``EXACT_WIDTH`` (``W`` and
+        ``W^{-1}`` formed: fewer calls), estimated above (products and triangular solves);
+        NaN or inf in any factor makes it singular. Nothing is kept."""
+        groups: dict[tuple, list[State]] = {}
+        for state in states:
+            log_s = read(state, "log_s")
+            groups.setdefault((state.layer.features, work_dtype(log_s), log_s.device), []).append(state)
+        for (n, dtype, device), members in groups.items():
+            start = 0
+            for step, _ in budget.chunks(len(members), 0, 4 * n * n * torch.empty((), dtype=dtype).element_size()):
+                chunk = members[start:start + step]
+                start += step
+                factors = [[read(s, name).detach().to(dtype) for name in ("lower", "upper", "log_s")] for s in chunk]
+                lower = torch.tril(torch.stack([f[0] for f in factors]), -1) + torch.eye(n, dtype=dtype, device=device)
+                log_s = torch.stack([f[2] for f in factors])
+                signs = torch.stack([s.layer.sign for s in chunk]).to(dtype)
+                upper = torch.triu(torch.stack([f[1] for f in factors]), 1) + torch.diag_embed(signs * log_s.exp())
+                del factors
+                norm, inverse_norm = factor_norms(torch.stack([s.layer.perm for s in chunk]), lower, upper)
+                # NaN or inf in a factor, or s_i = 0, make the norms NaN or inf: singular
+                code = code_of(norm * inverse_norm, torch.finfo(dtype).eps)
+                for j, state in enumerate(chunk):
+                    state.prepared = True
+                    verdicts.put(state.index, code[j], partial(_explain, state))
 
     def extra_repr(self) -> str:
         return f"features={self.features}, bias={self.bias is not None}"
+
+
+def _explain(state: State) -> None:
+    """The host side of a LULinear verdict: the layer's own check (the same estimates, for this
+    one layer, read and judged), on the factors its forward read."""
+    with state.substituted(state.tensors):
+        state.layer.check_inverse()

@@ -19,8 +19,10 @@ the memory is released) and re-reads every registered size after each op, so a s
 still referenced.
 
 Counted: the exact ``nbytes`` of every storage created inside the region, including parameter
-gradients created by ``backward`` and tensors made from Python data (they enter via
-``aten.lift_fresh``). Not counted: storages that existed before the region (parameters, the input,
+gradients created by ``backward``, tensors made from Python data (they enter via
+``aten.lift_fresh``) and the random-number states ``invlib`` stores to replay dropout (torch
+makes them outside the dispatcher; ``invlib._replay`` announces each one to the tracker). Not
+counted: storages that existed before the region (parameters, the input,
 gradients already allocated), even if an op grows them; scratch buffers a kernel allocates and
 frees internally without the dispatcher (e.g. oneDNN workspaces); ops on threads that did not
 inherit the mode; the allocator's caching, alignment and fragmentation; Python objects.
@@ -48,6 +50,8 @@ import torch
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+from . import _replay
 
 __all__ = ["MemoryTracker", "CudaMemoryTracker", "track_memory", "measure_peak"]
 
@@ -108,11 +112,22 @@ class MemoryTracker(TorchDispatchMode):
     def __enter__(self) -> MemoryTracker:
         self.peak_bytes = self.live_bytes = 0
         self._tracked = {}
+        _replay.LISTENERS.append(self._made_outside)
         return super().__enter__()
 
     def __exit__(self, *exc: Any) -> None:
         self._refresh()
+        _replay.LISTENERS.remove(self._made_outside)
         super().__exit__(*exc)
+
+    def _made_outside(self, t: Tensor) -> None:
+        """Count a tensor torch created without the dispatcher (a random-number state, which
+        ``invlib._replay`` announces), from now until it dies."""
+        storage = t.untyped_storage()
+        key = id(storage)
+        if key not in self._tracked:
+            self._tracked[key] = weakref.ref(storage, self._forget(key))
+        self._refresh()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

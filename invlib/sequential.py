@@ -24,12 +24,16 @@ over at most ``k`` inversions instead of ``D``, for ``ceil(D/k) - 1`` stored act
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import weakref
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ._reverse_step import _Relay, _ReverseStep, _State, _unshared
+from ._hooks import hooked
+from ._reverse_step import Relay, ReverseStep, _unshared
+from . import _state
+from ._state import State, forward_of_container
 from .base import Invertible
 
 
@@ -95,7 +99,8 @@ class InvertibleSequential(Invertible):
     ``reverse`` (this container nested in another) stores nothing and ignores ``anchor_every``.
     """
 
-    def __init__(self, *layers: Invertible, anchor_every: int | None = None) -> None:
+    def __init__(self, *layers: Invertible, anchor_every: int | None = None,
+                 generators: Sequence[torch.Generator] = (), scratch_bytes: int | None = None) -> None:
         super().__init__()
         for index, layer in enumerate(layers):
             if not isinstance(layer, Invertible):
@@ -109,9 +114,31 @@ class InvertibleSequential(Invertible):
                 "InvertibleSequential: anchor_every must be None (store no activation) or a positive int k "
                 f"(store every k-th activation), got {anchor_every!r}; pass e.g. anchor_every=8"
             )
+        generators = tuple(generators)
+        for g in generators:
+            if not isinstance(g, torch.Generator):
+                raise TypeError(f"InvertibleSequential: generators must be torch.Generator objects, got "
+                                f"{type(g).__name__}; pass the generators your sub-networks draw from")
+        if scratch_bytes is not None and (isinstance(scratch_bytes, bool) or not isinstance(scratch_bytes, int)
+                                          or scratch_bytes < 0):
+            raise ValueError(f"InvertibleSequential: scratch_bytes must be None or an int >= 0, got {scratch_bytes!r}")
         self.layers = nn.ModuleList(layers)
         #: Store every ``anchor_every``-th activation in forward (``None``: none); see the class doc.
         self.anchor_every = anchor_every
+        #: Generators besides torch's default ones that the layers draw from; replayed like them.
+        self.generators = generators
+        #: Bytes the check before the sweep may keep for the reverse steps (``None``: one output).
+        self.scratch_bytes = scratch_bytes
+
+    @property
+    def takes_context(self) -> bool:  # type: ignore[override]
+        """True if some layer (nested containers included) takes a context."""
+        return any(layer.takes_context for layer in self.layers)
+
+    def check_inverse(self) -> None:
+        """Every layer's ``check_inverse``, in order."""
+        for layer in self.layers:
+            layer.check_inverse()
 
     def __iter__(self) -> Iterator[Invertible]:
         return iter(self.layers)
@@ -138,25 +165,42 @@ class InvertibleSequential(Invertible):
                 "functorch cannot trace. Use loss.backward() or torch.autograd.grad (with "
                 "torch.func.functional_call for substituted parameters), or the plain loop over the layers."
             )
-        records = torch.is_grad_enabled() and (
-            x.requires_grad or (context is not None and context.requires_grad)
-            or any(p.requires_grad for p in self.parameters()))
-        if not records:
-            for layer in self.layers:
-                x = layer(x, context) if _conditional(layer, context) else layer(x)
-            return x
-        relay = _Relay()
-        last = relay.last = len(self.layers) - 1
-        k = self.anchor_every
-        for index, layer in enumerate(self.layers):
-            state = _State(layer, index)
-            layer_context = context if _conditional(layer, context) else None
-            x = _ReverseStep.apply(x, relay, index, index == last, state, layer_context, *state.tensors)
-            if x.grad_fn is not None:  # autograd will run this layer's reverse step
-                relay.states.append(state)
-                if k is not None and (index + 1) % k == 0 and index != last:
-                    relay.anchor(index, x)
+        if not torch.is_grad_enabled():
+            return self._run(x, context)
+        structure = self._structure()
+        states = [State(layer, index, label) for index, (layer, label) in enumerate(structure.leaves)]  # refuses lazy ones now
+        if not (x.requires_grad or (context is not None and context.requires_grad)
+                or any(t.requires_grad for state in states for t in state.tensors)):
+            return self._run(x, context)  # autograd has nothing to record
+        relay = Relay(self.generators + structure.generators, self.scratch_bytes)
+        relay.opens, relay.closes = structure.hooks()
+        relay.input = (weakref.ref(x), x._version)
+        relay.labels = structure.labels
+        groups = _nodes(states, structure.anchors)
+        relay.last = len(groups) - 1
+        with forward_of_container():
+            for index, group in enumerate(groups):
+                layer_context = context if context is not None and group[0].layer.takes_context else None
+                tensors = group[0].tensors if len(group) == 1 else tuple(t for state in group for t in state.tensors)
+                x = ReverseStep.apply(x, relay, group, index, layer_context, *tensors)
+                if x.grad_fn is not None:  # autograd will run this node's reverse steps
+                    relay.states.extend(group)
+                    if group[-1].index in structure.anchors:
+                        relay.anchor(index, x)
         return x
+
+    def _run(self, x: Tensor, context: Tensor | None) -> Tensor:
+        for layer in self.layers:
+            x = layer(x, context) if _conditional(layer, context) else layer(x)
+        return x
+
+    def _structure(self) -> _Structure:
+        key = (_state.epoch(), self.anchor_every)
+        found = self.__dict__.get("_invlib_structure")
+        if found is None or found.key != key:
+            found = _Structure(self, key)
+            self.__dict__["_invlib_structure"] = found
+        return found
 
     def extra_repr(self) -> str:
         return "" if self.anchor_every is None else f"anchor_every={self.anchor_every}"
@@ -190,3 +234,84 @@ def _check_context(net: InvertibleSequential, context: object) -> None:
     if not any(layer.takes_context for layer in net.layers):
         raise ValueError("InvertibleSequential: a context was given, but no layer takes one "
                          "(only conditional layers such as AdditiveCoupling do); drop the context argument")
+
+
+class _Structure:
+    """``net``'s layers with nested containers expanded, so that each layer is one autograd node;
+    kept on the container until some module anywhere registers a parameter, buffer or module
+    (or ``anchor_every`` changes).
+
+    ``leaves``: the layers with labels (``"2"``, or ``"2.0"`` for the first layer of a container
+    at index 2); ``anchors``: the indices after which ``net.anchor_every`` keeps an activation
+    (counted in ``net``'s own layers, so an anchor never falls inside a nested container);
+    ``spans``: each nested container with its depth and first and last index; ``generators``:
+    those nested containers were given.
+    """
+
+    def __init__(self, net: InvertibleSequential, key: tuple) -> None:
+        self.key = key
+        self.leaves: list[tuple[Invertible, str]] = []
+        self.spans: list[tuple[int, int, int, InvertibleSequential]] = []
+        generators: list[torch.Generator] = []
+        self.anchors: set[int] = set()
+
+        def walk(container: InvertibleSequential, prefix: str, depth: int) -> None:
+            first = len(self.leaves)
+            for i, layer in enumerate(container.layers):
+                label = f"{prefix}{i}"
+                if isinstance(layer, InvertibleSequential):
+                    generators.extend(layer.generators)
+                    walk(layer, label + ".", depth + 1)
+                else:
+                    self.leaves.append((layer, label))
+                k = net.anchor_every
+                if depth == 0 and k is not None and (i + 1) % k == 0 and i + 1 < len(container.layers) and self.leaves:
+                    self.anchors.add(len(self.leaves) - 1)
+            if depth and len(self.leaves) > first:
+                self.spans.append((depth, first, len(self.leaves) - 1, container))
+
+        walk(net, "", 0)
+        self.generators = tuple(generators)
+        self.labels = [label for _, label in self.leaves]
+
+    def hooks(self) -> tuple[dict[int, list], dict[int, list]]:
+        """For each index, the modules with backward hooks whose pre-hooks run there (containers
+        ending there, outer first, then the layer) and whose full hooks run there (the layer,
+        then containers starting there, inner first), as torch calls them in the plain loop.
+        Nested containers with forward hooks are refused (their layers run one by one)."""
+        opens: dict[int, list] = {}
+        closes: dict[int, list] = {}
+        spans = []
+        for depth, first, last, container in self.spans:
+            if container._forward_hooks or container._forward_pre_hooks:
+                raise ValueError(
+                    f"InvertibleSequential: the nested container holding layers {self.labels[first]} to "
+                    f"{self.labels[last]} has forward hooks; inside another InvertibleSequential its layers run "
+                    "one by one, so register the hooks on its layers or on the outer container")
+            if hooked(container):
+                spans.append((depth, first, last, container))
+        for depth, first, last, container in sorted(spans, key=lambda span: span[0]):  # outer first
+            closes.setdefault(last, []).append(container)
+        for index, (layer, _) in enumerate(self.leaves):
+            if hooked(layer):
+                closes.setdefault(index, []).append(layer)
+                opens.setdefault(index, []).append(layer)
+        for depth, first, last, container in sorted(spans, key=lambda span: -span[0]):  # inner first
+            opens.setdefault(first, []).append(container)
+        return opens, closes
+
+
+def _nodes(states: list[State], anchors: set[int]) -> list[list[State]]:
+    """The layers grouped into autograd nodes: each layer that reads parameters or buffers (or
+    takes the context, or may draw random numbers, or has an anchor before it) starts a node;
+    parameter-free layers after it (activations) join its node, which saves them the fixed cost
+    of a node of their own. Their hooks and checks still run one layer at a time."""
+    groups: list[list[State]] = []
+    for state in states:
+        layout = state.layout
+        if groups and not state.tensors and not state.layer.takes_context and not layout.random \
+                and not layout.hooked_forward() and groups[-1][-1].index not in anchors:
+            groups[-1].append(state)
+        else:
+            groups.append([state])
+    return groups

@@ -249,26 +249,42 @@ def test_empty_batch(name):
 # --- inside InvertibleSequential: judged once per layer and backward, before any gradient ------
 
 @pytest.mark.parametrize("make", ["dense", "lu"])
-def test_a_badly_conditioned_layer_warns_once_per_backward(make, monkeypatch):
-    """The check before the first reverse step judges each dense weight (and warns); the reverse
-    steps reuse that verdict instead of estimating the condition number a second time."""
-    import invlib._checks as checks
+@pytest.mark.parametrize("scratch", [None, 2**20])
+def test_a_badly_conditioned_layer_warns_once_per_backward(make, scratch, monkeypatch):
+    """The check before the first reverse step judges every dense weight at once, on the device,
+    and only the flagged layer's numbers are read back (one warning); the reverse steps judge
+    nothing again. With room for the factors (scratch_bytes), each weight is factorised once
+    per backward: the check's factors are the ones the steps solve with."""
+    import invlib._verdict as checks
 
-    calls = []
-    judge = checks._judge
-    monkeypatch.setattr(checks, "_judge", lambda *a, **k: calls.append(k["owner"]) or judge(*a, **k))
+    calls, factorised = [], []
+    judge, lu_factor_ex = checks.judge, torch.linalg.lu_factor_ex
+    counting = lambda *a, **k: calls.append(k["owner"]) or judge(*a, **k)  # noqa: E731
+    monkeypatch.setattr(checks, "judge", counting)
+    monkeypatch.setattr(invlib.lu_linear, "judge", counting)
+    monkeypatch.setattr(torch.linalg, "lu_factor_ex",
+                        lambda a, *r, **k: factorised.append(a.shape[:-2].numel()) or lu_factor_ex(a, *r, **k))
     bad = (_lu_linear_with_lower(10.0) if make == "lu" else invlib.InvertibleLinear(8))
     if make == "dense":
         with torch.no_grad():
             bad.weight.copy_(_unit_triangular(8, 10.0, lower=False))
     layers = [invlib.InvertibleLinear(8), invlib.LeakyReLU(0.5), bad, invlib.LULinear(8)]
-    net = invlib.InvertibleSequential(*layers)
+    net = invlib.InvertibleSequential(*layers, scratch_bytes=scratch)
     x = torch.randn(5, 8, requires_grad=True)
     owner = "LULinear" if make == "lu" else "InvertibleLinear"
     with pytest.warns(UserWarning, match=rf"{owner}: the inverse is badly conditioned") as record:
         net(x).square().sum().backward()
     assert sum("badly conditioned" in str(w.message) for w in record) == 1
-    assert len(calls) == 3  # the three dense layers, judged once each
+    assert calls == [owner]  # only the flagged layer's verdict is read and explained
+    # Factorisations: the check's, the flagged layer's again to explain its verdict (dense only;
+    # LULinear has nothing to factorise), and the steps' where the check could keep nothing.
+    if scratch is None:   # no room for an 8x8 inverse next to a 5x8 output: one weight per batch
+        assert factorised == ([1, 1, 1, 1, 1] if make == "dense" else [1, 1])
+    elif make == "dense":  # one batched factorisation; the steps multiply by the inverses it formed,
+        # except the ill-conditioned weight's, which is solved against (factorised anew)
+        assert factorised == [2, 1, 1]
+    else:
+        assert factorised == [1]
     want = torch.autograd.grad(
         torch.nn.Sequential(*layers)(x).square().sum(), [x, *net.parameters()])
     got = [x.grad, *(p.grad for p in net.parameters())]

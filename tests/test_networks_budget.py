@@ -67,7 +67,9 @@ def test_measured_slope_is_the_models_and_invertible_is_flat(kind):
     shallow, deep = build(depth=2, batch=64, **spec), build(depth=6, batch=64, **spec)
     ms, md = shallow.measure(["plain", "invertible"]), deep.measure(["plain", "invertible"])
     assert md["plain"] - ms["plain"] == deep.model_bytes()["plain"] - shallow.model_bytes()["plain"]
-    assert md["invertible"] == ms["invertible"]
+    # flat, but for what the check before the sweep keeps for the steps (factors, within one
+    # layer output) and one byte per judged layer (its verdict code)
+    assert abs(md["invertible"] - ms["invertible"]) <= deep.layer_output_bytes
 
 
 def test_largest_searches_a_monotone_predicate():

@@ -58,7 +58,7 @@ def test_errors(params, match):
 from matplotlib.figure import Figure  # noqa: E402
 
 from invlib import figures  # noqa: E402
-from invlib._reverse_step import _ReverseStep  # noqa: E402
+from invlib._reverse_step import ReverseStep  # noqa: E402
 
 
 @pytest.mark.parametrize("depth", [1, 4, 9])
@@ -77,11 +77,11 @@ def test_sweep_figure_titles_count_what_is_stored():
 
 
 def test_source_excerpt_is_the_live_source_between_markers():
-    text = figures.source_excerpt(_ReverseStep.backward, "# ---- hand x", None)
+    text = figures.source_excerpt(ReverseStep.backward, "# ---- hand x", None)
     assert text.startswith("# ---- hand x") and "return" in text.splitlines()[-1]
     with pytest.raises(ValueError, match="start marker"):
-        figures.source_excerpt(_ReverseStep.backward, "no such line")
+        figures.source_excerpt(ReverseStep.backward, "no such line")
     with pytest.raises(ValueError, match="end marker"):
-        figures.source_excerpt(_ReverseStep.backward, "# ---- hand x", "no such line")
+        figures.source_excerpt(ReverseStep.backward, "# ---- hand x", "no such line")
     with pytest.raises(ValueError, match="step must be between"):
         figures.stored_activations("cache", 3, 4)

@@ -175,7 +175,7 @@ def profile(deadline):
 def parts(deadline):
     """Milliseconds of each part of a dense layer's reverse step at width 1024, batch 4096, on the
     GPU, each timed alone (CUDA-synchronised, median of 20): what the fixed per-layer cost is."""
-    from invlib._checks import check_lu
+    from invlib._verdict import check_lu
     from invlib.linear import pivots_to_columns, solve_lu_right
 
     def ms(fn):
@@ -194,9 +194,9 @@ def parts(deadline):
     w = invlib.InvertibleLinear(1024).to(DEVICE).weight.detach()
     y = torch.randn(4096, 1024, device=DEVICE)
     lu, pivots, _ = torch.linalg.lu_factor_ex(w)
-    columns = pivots_to_columns(pivots)
+    columns = pivots_to_columns(lu, pivots)
     out = {"lu_factor_ex": ms(lambda: torch.linalg.lu_factor_ex(w)),
-           "pivots_to_columns": ms(lambda: pivots_to_columns(pivots)),
+           "pivots_to_columns": ms(lambda: pivots_to_columns(lu, pivots)),
            "check_lu (condition estimate)": ms(lambda: check_lu(lu, pivots, w, owner="x")),
            "solve_lu_right": ms(lambda: solve_lu_right(y, None, columns, lu, lu)),
            "matmul y @ W": ms(lambda: y @ w),

@@ -57,7 +57,7 @@ def _method(method: str, owner: str) -> str:
 
 
 def dense_step(width: int, depth: int = 1, batch: int = 1, method: str = "plain",
-               weight: str = "dense") -> StepFlops:
+               weight: str = "dense", inverse: bool = False, refactorised: int = 0) -> StepFlops:
     """One step of ``depth`` dense layers ``y = sigma(x W^T + b)`` of ``width`` on ``batch`` samples.
 
     ``weight="dense"`` (:class:`invlib.InvertibleLinear`), with ``w = width``, ``B = batch``:
@@ -67,11 +67,19 @@ def dense_step(width: int, depth: int = 1, batch: int = 1, method: str = "plain"
     * invertible: the same ``6 B w^2`` of products, plus ``W = P L U`` factorised once per step
       (``(2/3) w^3``) and two triangular solves per sample (``2 B w^2``). Ratio to plain:
       ``4/3 + w / (9 B)``.
+    * invertible with ``inverse=True`` (what ``invlib`` does for a large batch,
+      :func:`invlib.linear.prefer_inverse`): the factors are turned into ``W^{-1}`` once per
+      step (``2 w^3`` of triangular solves against the identity) and the rebuild is one more
+      matrix product (``2 B w^2``, counted as ``matmul``) instead of the per-sample solves.
+    * ``refactorised``: layers whose factors the check before the sweep could not keep (its
+      scratch budget), factorised (and inverted) a second time in their reverse step.
 
     ``weight="lu"`` (:class:`invlib.LULinear`, ``W = P L U`` assembled by a dense ``L @ U``):
     each forward assembles ``W`` (``2 w^3``) and each backward pushes ``W_bar`` through the
-    product (``4 w^3``): plain ``6 B w^2 + 6 w^3``; invertible assembles ``W`` again for the
-    reverse step and solves instead of factorising, ``8 B w^2 + 8 w^3``: ratio exactly ``4/3``.
+    product (``4 w^3``): plain ``6 B w^2 + 6 w^3``. Invertible solves instead of factorising
+    (``2 B w^2``) and forms ``x_bar = y_bar P L U`` in the cheaper order, two products with ``B``
+    rows (``4 B w^2``, for ``B <= w``) or ``L U`` first (``2 w^3 + 2 B w^2``): ``10 B w^2 + 6 w^3``
+    for ``B <= w`` (ratio below ``4/3``), ``8 B w^2 + 8 w^3`` above (ratio exactly ``4/3``).
     """
     owner = "costs.dense_step"
     w = check_positive_int(width, name="width", owner=owner)
@@ -82,13 +90,24 @@ def dense_step(width: int, depth: int = 1, batch: int = 1, method: str = "plain"
     if weight == "dense":
         if not inverting:
             return StepFlops(matmul=3 * product * d)
-        return StepFlops(matmul=3 * product * d, factor=2 * w**3 * d / 3, solve=product * d)
+        factorisations = d + check_count(refactorised, d, owner)
+        if inverse:
+            return StepFlops(matmul=4 * product * d, factor=2 * w**3 * factorisations / 3,
+                             solve=2 * w**3 * factorisations)
+        return StepFlops(matmul=3 * product * d, factor=2 * w**3 * factorisations / 3, solve=product * d)
     if weight == "lu":
         assemble = 2 * w**3
         if not inverting:
             return StepFlops(matmul=(3 * product + 3 * assemble) * d)
-        return StepFlops(matmul=(3 * product + 4 * assemble) * d, solve=product * d)
+        x_bar = 2 * product if b <= w else assemble + product
+        return StepFlops(matmul=(2 * product + 3 * assemble + x_bar) * d, solve=product * d)
     raise ValueError(f"{owner}: weight must be 'dense' (InvertibleLinear) or 'lu' (LULinear), got {weight!r}")
+
+
+def check_count(value: int, depth: int, owner: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= depth:
+        raise ValueError(f"{owner}: refactorised must be an int between 0 and depth = {depth}, got {value!r}")
+    return value
 
 
 def coupling_step(width: int, depth: int = 1, batch: int = 1, method: str = "plain") -> StepFlops:
@@ -108,7 +127,7 @@ def coupling_step(width: int, depth: int = 1, batch: int = 1, method: str = "pla
 
 
 def conv_step(channels: int, spatial: tuple[int, ...], kernel_size: int, depth: int = 1, batch: int = 1,
-              method: str = "plain") -> StepFlops:
+              method: str = "plain", refactorised: int = 0) -> StepFlops:
     """One step of ``depth`` circular convolutions (:class:`invlib.CircularConv1d` / ``2d``).
 
     With ``C`` channels, ``N`` points per channel (the product of ``spatial``), ``k^s`` taps and
@@ -121,7 +140,9 @@ def conv_step(channels: int, spatial: tuple[int, ...], kernel_size: int, depth: 
       (``(8/3) F C^3``) and the solves (``8 F B C^2``).
 
     Relative to the forward, the factorisations cost about ``(2/3) C / (B k^s)``: small for wide
-    kernels in 2-d, large for narrow channels-heavy 1-d layers at batch 1.
+    kernels in 2-d, large for narrow channels-heavy 1-d layers at batch 1. ``refactorised``:
+    layers whose factors the check before the sweep could not keep, whose responses are formed
+    and factorised a second time in the reverse step.
     """
     owner = "costs.conv_step"
     c = check_positive_int(channels, name="channels", owner=owner)
@@ -137,8 +158,9 @@ def conv_step(channels: int, spatial: tuple[int, ...], kernel_size: int, depth: 
         return StepFlops(matmul=3 * convolution * d)
     freqs = math.prod(sizes[:-1]) * (sizes[-1] // 2 + 1)
     fft = 2 * b * c * 2.5 * n * math.log2(n) if n > 1 else 0.0
-    return StepFlops(matmul=3 * convolution * d, factor=8 * freqs * c**3 * d / 3, solve=8 * freqs * b * c * c * d,
-                     fft=fft * d, response=8 * freqs * taps * c * c * d)
+    formed = d + check_count(refactorised, d, owner)
+    return StepFlops(matmul=3 * convolution * d, factor=8 * freqs * c**3 * formed / 3, solve=8 * freqs * b * c * c * d,
+                     fft=fft * d, response=8 * freqs * taps * c * c * formed)
 
 
 def step_ratio(invertible: StepFlops, plain: StepFlops) -> float:
