@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ._lu import lu_factor
 from ._verdict import LUTally, check_lu
 from .activations import LeakyReLU
 from .base import Invertible, work_dtype
@@ -110,7 +111,7 @@ def condition_estimate(layer: Invertible, x: Tensor | None = None) -> float | No
     if isinstance(layer, InvertibleLinear):
         def dense() -> float:
             weight = layer.weight.detach().to(work_dtype(layer.weight))
-            lu, pivots, _ = torch.linalg.lu_factor_ex(weight)
+            lu, pivots = lu_factor(weight)
             return check_lu(lu, pivots, weight, owner="diagnose")
         return _quietly(dense)
     if isinstance(layer, LULinear):
@@ -122,7 +123,7 @@ def condition_estimate(layer: Invertible, x: Tensor | None = None) -> float | No
         def convolution() -> float:
             weight = layer.weight.detach().to(work_dtype(layer.weight))
             response = layer._response(tuple(x.shape[2:]), weight).flatten(0, -3)
-            lu, pivots, _ = torch.linalg.lu_factor_ex(response)
+            lu, pivots = lu_factor(response)
             tally = LUTally(owner="diagnose", weight=weight)
             tally.add(lu, pivots, response)
             return tally.finish()

@@ -177,8 +177,7 @@ class LUTally:
         else:
             inverse_norm = norm1(lu_solver(lu, pivots), (m,), n, lu.dtype, lu.device)
         if not self.detail:  # the code only: NaN/inf (zero pivot, non-finite factors) stay NaN/inf
-            growth = torch.linalg.vector_norm(lu, math.inf, (-2, -1)) / torch.linalg.vector_norm(matrices, math.inf,
-                                                                                                 (-2, -1))
+            growth = lu.abs().amax((-2, -1)) / matrices.abs().amax((-2, -1))
             chunk = [norm.amax(), inverse_norm.nan_to_num(math.inf, math.inf).amax(), growth.amax()]
             self.stats = chunk if self.stats is None else [torch.maximum(a, b) for a, b in zip(self.stats, chunk)]
             self.blocks += m

@@ -167,16 +167,25 @@ class ELU(Invertible):
             )
         return torch.where(y > 0, y, torch.log1p(y / self.alpha))
 
-    def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False) -> tuple[Tensor, Tensor]:
+    def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False,
+                prepared: object = None) -> tuple[Tensor, Tensor]:
+        """As :meth:`Invertible.reverse`. ``prepared`` (inside :class:`InvertibleSequential`): the
+        check before the sweep judged this layer from its forward's inputs, so the range is not
+        read here (no host read); a ``y`` rebuilt on or below ``-alpha`` (rounding in the layers
+        above) is kept at the closest output the working precision resolves, and the sweep's
+        comparison of the rebuilt input with the forward's reports what that costs."""
         half = half_precision(y)  # before autocast is switched off
         with torch.no_grad(), full_precision(y):
             y = y.to(work_dtype(y, y_bar))  # half precision: log1p in float32
-            if half is not None:
+            if half is not None or prepared is not None:
                 # A y rebuilt from a half-precision layer above is known to about one unit of that
                 # precision; near the asymptote that can land on or below -alpha. Keep it at the
                 # closest output the forward could resolve, -alpha (1 - eps/2): x >= log(eps/2).
-                y = y.clamp(min=-self.alpha * (1 - torch.finfo(half).eps / 2))
-            x = self.inverse(y)
+                eps = torch.finfo(half if half is not None else y.dtype).eps
+                y = y.clamp(min=-self.alpha * (1 - eps / 2))
+                x = torch.where(y > 0, y, torch.log1p(y / self.alpha))
+            else:
+                x = self.inverse(y)
             y_bar = y_bar.to(y.dtype)
             x_bar = torch.where(y > 0, y_bar, y_bar * (y + self.alpha))
         return x, x_bar
@@ -205,6 +214,7 @@ class ELU(Invertible):
             kappa = torch.where(torch.isfinite(x_min), state.layer.kappa(x_min), math.inf)
             code = torch.where(kappa > 1.0 / eps, SINGULAR, torch.where(kappa > 1.0 / math.sqrt(eps), WARN, 0))
             verdicts.put(state.index, code, partial(_explain_elu, state.layer, x_min, eps))
+            state.prepared = True
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}"

@@ -4,6 +4,7 @@
                            [--depths 4 16 64] [--batches 4096] [--methods plain checkpoint invlib]
                            [--dtype float32] [--device cpu|cuda] [--threads N]
                            [--repeats 5] [--warmup 1] [--quick] [--json PATH]
+    python -m invlib.bench --overhead [--nets ...] [--repeats 60] [--json PATH]
 
 Each step is ``loss = mean(net(x)**2); loss.backward()`` with ``x`` requiring grad. For every
 net, width, batch and depth the methods run interleaved in one process (the time is the median
@@ -16,6 +17,9 @@ loop), ``checkpoint`` (``checkpoint_sequential``, ``sqrt`` of the modules as seg
 (:class:`invlib.InvertibleSequential`), and for coupling nets ``memcnn`` and ``revlib`` when
 installed. A progress bar goes to stderr, the table to stdout, the rows and the machine to
 ``--json``. ``--quick`` is a smoke run of every net at width 64 (under a minute on 2 CPU cores).
+``--overhead`` measures instead what the reverse steps cost besides their arithmetic
+(:mod:`invlib._bench.overhead`): host reads per backward at depths 4 and 16, and the fixed cost
+per layer at width 16, batch 4, depth 16, one thread, against the plain loop.
 
 From Python: :func:`build` (a net and its input), :func:`time_steps` and :func:`measure`
 (interleaved timing; and peak memory), :func:`model_flops` (the FLOP model's ratio), :func:`main`.
@@ -33,10 +37,12 @@ import torch
 from invlib._bench.machine import machine
 from invlib._bench.measure import Measured, measure, time_steps
 from invlib._bench.nets import NETS, build, model_flops
+from invlib._bench.overhead import HostReads, fixed_cost, host_reads, overhead_table
 from invlib._bench.peers import PEERS, available, peer_forward
 from invlib.compare import chain
 
-__all__ = ["METHODS", "NETS", "build", "model_flops", "time_steps", "measure", "Measured", "machine", "main"]
+__all__ = ["METHODS", "NETS", "build", "model_flops", "time_steps", "measure", "Measured", "machine", "main",
+           "HostReads", "host_reads", "fixed_cost"]
 
 METHODS = ("plain", "checkpoint", "invlib", *PEERS)
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
@@ -76,6 +82,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first; default 1")
     p.add_argument("--quick", action="store_true", help=f"smoke run: defaults become {QUICK}")
     p.add_argument("--json", default=None, metavar="PATH", help="also write rows and machine as JSON")
+    p.add_argument("--overhead", action="store_true",
+                   help="host reads per backward and fixed cost per layer at tiny sizes, instead")
     args = p.parse_args(argv)
     for name, value in (QUICK if args.quick else FULL).items():
         if getattr(args, name) is None:
@@ -172,6 +180,8 @@ def run(args: argparse.Namespace) -> list[dict]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark from command-line arguments; returns the exit status."""
     args = parse_args(argv)
+    if args.overhead:
+        return _overhead(args)
     try:
         rows = run(args)
     except (ValueError, torch.OutOfMemoryError) as e:
@@ -181,6 +191,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = {k: (str(v) if isinstance(v, torch.device) else v) for k, v in vars(args).items()}
         with open(args.json, "w") as f:
             json.dump(dict(machine=machine(args.device), args=settings, rows=rows), f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _overhead(args: argparse.Namespace) -> int:
+    nets = tuple(args.nets) if args.nets != FULL["nets"] else NETS
+    rounds = args.repeats if args.repeats != FULL["repeats"] else 60
+    print(f"host reads per backward (depth 4, 16) and fixed cost per layer at width 16, batch 4, depth 16, "
+          f"one thread, {rounds} interleaved rounds; torch={torch.__version__}")
+    header = f"{'net':<8} {'reads d4':>8} {'reads d16':>9} {'plain us':>9} {'invlib us':>10} {'ratio':>6}"
+    print(header)
+    print("-" * len(header), flush=True)
+    rows = []
+    for net in nets:
+        row = overhead_table((net,), rounds=rounds)[0]
+        rows.append(row)
+        print(f"{net:<8} {row['reads_d4']:>8} {row['reads_d16']:>9} {row['plain_us']:>9.1f} {row['invlib_us']:>10.1f} "
+              f"{row['ratio']:>6.2f}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(machine=machine(torch.device("cpu")), rows=rows), f, indent=1)
         print(f"wrote {args.json}")
     return 0
 

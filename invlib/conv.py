@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ._lu import lu_factor
 from ._checks import check_positive_int, check_tensor
 from ._prepare import Budget, applied, read
 from ._state import State
@@ -184,7 +185,7 @@ class _CircularConv(Invertible):
                    tally: LUTally | None) -> tuple[Tensor, Tensor]:
         """LU factors of ``H[f]`` for frequencies ``start <= f < stop``, judged into ``tally``."""
         response = self._response_rows(size, weight, start, stop)  # (k, C, C)
-        lu, pivots, _ = torch.linalg.lu_factor_ex(response)
+        lu, pivots = lu_factor(response)
         if tally is not None:
             tally.add(lu, pivots, response)
         return lu, pivots

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ._lu import lu_factor
 from ._checks import check_positive_int, check_tensor
 from ._condition import lu_solver, norm1
 from ._prepare import Budget, applied, read
@@ -95,7 +96,7 @@ def prefer_inverse(batch: int, n: int) -> bool:
 def form_inverse(weight: Tensor) -> Tensor:
     """``W^{-1}`` for ``(..., n, n)`` weights, from their LU factors (``torch.linalg.lu_solve``
     against the identity), without judging the weight."""
-    lu, pivots, _ = torch.linalg.lu_factor_ex(weight)
+    lu, pivots = lu_factor(weight)
     return torch.linalg.lu_solve(lu, pivots, _identity(weight.shape[-1], weight.dtype, weight.device))
 
 
@@ -166,7 +167,7 @@ class InvertibleLinear(Invertible):
     def check_inverse(self) -> None:
         with torch.no_grad():
             weight = self.weight.to(work_dtype(self.weight))
-            lu, pivots, _ = torch.linalg.lu_factor_ex(weight)
+            lu, pivots = lu_factor(weight)
             check_lu(lu, pivots, weight, owner="InvertibleLinear")
 
     def _solve(self, y: Tensor, weight: Tensor, bias: Tensor | None, prepared: Factors | None) -> Tensor:
@@ -188,7 +189,7 @@ class InvertibleLinear(Invertible):
         if prepared is not None and prepared.lu is not None:
             lu, pivots = prepared.lu, prepared.pivots
         else:
-            lu, pivots, _ = torch.linalg.lu_factor_ex(weight)
+            lu, pivots = lu_factor(weight)
             if prepared is None:
                 check_lu(lu, pivots, weight, owner="InvertibleLinear")
         return solve_lu_right(y, bias, pivots_to_columns(lu, pivots), lu, lu)
@@ -261,11 +262,11 @@ def _dense_stats(weights: Tensor, use_inverse: bool) -> tuple[Tensor, Tensor, Te
     factors; inf or NaN for a zero pivot or non-finite entries, as the solves divide by it) and
     the pivot growth ``max|U_ij| / max|W_ij|``, all on the device, in few operations."""
     m, n = weights.shape[0], weights.shape[-1]
-    lu, pivots, _ = torch.linalg.lu_factor_ex(weights)
+    lu, pivots = lu_factor(weights)
     norm = torch.linalg.matrix_norm(weights, 1)
     # max|L U| bounds max|U| (|L_ij| <= 1 under partial pivoting): one call; a weight it flags is
     # examined exactly when its verdict is explained
-    growth = torch.linalg.vector_norm(lu, math.inf, (-2, -1)) / torch.linalg.vector_norm(weights, math.inf, (-2, -1))
+    growth = lu.abs().amax((-2, -1)) / weights.abs().amax((-2, -1))
     if use_inverse:
         inverse = torch.linalg.lu_solve(lu, pivots, _identity(n, weights.dtype, weights.device))
         return lu, pivots, inverse, norm * torch.linalg.matrix_norm(inverse, 1), growth

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ._lu import lu_factor
 from ._checks import check_finite, check_positive_int, check_tensor
 from ._condition import Operator, norm1
 from ._prepare import Budget, read
@@ -122,7 +123,7 @@ class LULinear(Invertible):
                          sizes={0: weight.shape[0]}, dtype=weight.dtype)
         weight = weight.detach()
         layer = cls(weight.shape[0], bias=bias is not None).to(dtype=weight.dtype, device=weight.device)
-        lu, pivots, _ = torch.linalg.lu_factor_ex(weight)
+        lu, pivots = lu_factor(weight)
         check_lu(lu, pivots, weight, owner=owner)
         p, lower, upper = torch.lu_unpack(lu, pivots)
         s = torch.diagonal(upper)

@@ -297,3 +297,20 @@ def test_outside_a_backward_every_inverse_judges_its_weight():
     for _ in range(2):  # no verdict is remembered between calls
         with pytest.warns(UserWarning, match="badly conditioned"):
             layer.inverse(torch.randn(3, 8))
+
+
+def test_batched_factorisation_is_right_on_several_threads():
+    """torch 2.13's CPU batched LU runs getrf on several threads at once above 14 rows and comes
+    back with invalid pivots at 256 x 256 (pytorch/pytorch#181570); invlib._lu.lu_factor doesn't."""
+    from invlib._lu import lu_factor
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))
+    try:
+        w = torch.randn(4, 256, 256, dtype=torch.float32)
+        lu, pivots = lu_factor(w)
+        p, lower, upper = torch.lu_unpack(lu, pivots)
+        torch.testing.assert_close(p @ lower @ upper, w, rtol=1e-4, atol=1e-4)
+        assert torch.get_num_threads() == max(2, threads)
+    finally:
+        torch.set_num_threads(threads)

@@ -18,6 +18,8 @@ from invlib.conv import CircularConv1d, CircularConv2d
 from invlib.coupling import AdditiveCoupling
 from invlib.linear import InvertibleLinear
 from invlib.lu_linear import LULinear
+from invlib._prepare import kept_layers
+from invlib.linear import EXACT_WIDTH, prefer_inverse
 
 NETS = ("dense", "lu", "coupling", "conv1d", "conv2d")
 KERNEL_SIZE = 3
@@ -73,13 +75,37 @@ def build(net: str, depth: int, width: int, batch: int, channels: int | None = N
 
 def model_flops(net: str, depth: int, width: int, batch: int, channels: int | None = None) -> dict[str, float]:
     """The cost model's FLOPs of one plain and one inverting step, and their ratio."""
-    if net in ("dense", "lu"):
-        steps = {m: costs.dense_step(width, depth, batch, m, weight="dense" if net == "dense" else "lu")
+    if net == "dense":
+        steps = {m: costs.dense_step(width, depth, batch, m, **dense_plan(width, depth, batch))
                  for m in costs.STEP_METHODS}
+    elif net == "lu":
+        steps = {m: costs.dense_step(width, depth, batch, m, weight="lu") for m in costs.STEP_METHODS}
     elif net == "coupling":
         steps = {m: costs.coupling_step(width, depth, batch, m) for m in costs.STEP_METHODS}
     else:
         c, *spatial = conv_shape(net, width, channels)
-        steps = {m: costs.conv_step(c, tuple(spatial), KERNEL_SIZE, depth, batch, m) for m in costs.STEP_METHODS}
+        steps = {m: costs.conv_step(c, tuple(spatial), KERNEL_SIZE, depth, batch, m,
+                                    refactorised=conv_refactorised(c, tuple(spatial), depth, batch))
+                 for m in costs.STEP_METHODS}
     return {"plain": steps["plain"].total, "invertible": steps["invertible"].total,
             "ratio": costs.step_ratio(steps["invertible"], steps["plain"])}
+
+
+def dense_plan(width: int, depth: int, batch: int, element: int = 4) -> dict:
+    """What invlib does for a stack of ``depth`` dense layers of ``width`` on ``batch`` samples
+    (``invlib.linear``): whether its steps multiply by inverses, and how many layers it factorises
+    a second time because the check before the sweep could not keep their factors (its budget
+    is one layer output). For :func:`invlib.costs.dense_step`."""
+    formed = width <= EXACT_WIDTH or prefer_inverse(batch, width)
+    size = width * width * element
+    kept = kept_layers(depth, size + (0 if formed else 8 * width), 3 * size, batch * width * element)
+    return dict(inverse=formed, refactorised=depth - kept)
+
+
+def conv_refactorised(channels: int, spatial: tuple[int, ...], depth: int, batch: int, element: int = 4) -> int:
+    """Convolutions whose frequency factors the check before the sweep could not keep (budget:
+    one layer output), factorised again in their step; for :func:`invlib.costs.conv_step`."""
+    freqs = math.prod(spatial[:-1]) * (spatial[-1] // 2 + 1)
+    kept = freqs * (2 * element * channels**2 + 8 * channels)
+    budget = batch * channels * math.prod(spatial) * element
+    return depth - min(depth, budget // kept)
