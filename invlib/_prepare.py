@@ -11,9 +11,10 @@ singular weight must be found before the first step, not when the sweep reaches 
 2. the codes of every layer are read in one transfer (``deliver``): the only host read of the
    check, whatever the depth. The lowest layer refused raises (no gradient has left yet);
    badly conditioned layers warn;
-3. what the factorisations produced is kept for the reverse steps within a :class:`Budget`
-   (default: one layer output), so that a dense layer is factorised once per backward rather
-   than twice; layers beyond the budget are factorised again in their own step, unchecked.
+3. what the factorisations produced may be kept for the reverse steps within a :class:`Budget`
+   (``scratch_bytes``; by default nothing is kept, which keeps the step's memory exactly flat
+   in depth), so that a dense layer is factorised once per backward rather than twice; layers
+   beyond it are factorised again in their own step, unchecked.
 
 Layers of your own that override only ``check_inverse`` are checked by calling it.
 """
@@ -31,46 +32,47 @@ from .base import Invertible
 
 
 class Budget:
-    """Bytes the check may use: factors kept for the reverse steps plus the working memory of
-    the batch being judged. Kept factors come first; once they fill it, batches shrink to what
-    is left (at least one layer), so the check adds at most the budget plus one layer's working
-    memory to the step's peak, whatever the depth."""
+    """What the check may spend on memory: ``working`` bytes for the batch of layers it judges
+    at once (freed before the next batch; default one layer output, so the check never holds
+    more than the sweep itself will), and ``keep`` bytes of factors kept for the reverse steps
+    (``InvertibleSequential(scratch_bytes=...)``; default none, which keeps memory exactly flat
+    in depth at the price of a second factorisation in each step)."""
 
-    __slots__ = ("total", "left")
+    __slots__ = ("working", "keep")
 
-    def __init__(self, total: int) -> None:
-        self.total = self.left = max(int(total), 0)
+    def __init__(self, working: int, keep: int = 0) -> None:
+        self.working, self.keep = max(int(working), 0), max(int(keep), 0)
 
     def take(self, nbytes: int) -> bool:
-        """Reserve ``nbytes`` for kept factors if they fit in what is left."""
-        if nbytes <= self.left:
-            self.left -= nbytes
+        """Reserve ``nbytes`` of kept factors if they fit in what is left."""
+        if nbytes <= self.keep:
+            self.keep -= nbytes
             return True
         return False
 
     def batch(self, per_item: int) -> int:
-        """How many items of ``per_item`` working bytes fit in what is left (at least one)."""
-        return max(1, self.left // max(per_item, 1))
+        """How many items of ``per_item`` working bytes one batch may hold (at least one)."""
+        return max(1, self.working // max(per_item, 1))
 
     def chunks(self, count: int, kept: int, working: int) -> Iterator[tuple[int, bool]]:
-        """Split ``count`` layers into batches ``(size, keep)``: a batch is kept (its factors,
-        ``kept`` bytes a layer, stay for the reverse steps) while kept factors and the batch's
-        ``working`` bytes a layer fit in what is left; later batches are only judged."""
+        """Split ``count`` layers into batches ``(size, keep)`` of at most :meth:`batch` layers;
+        a batch is kept (its factors, ``kept`` bytes a layer, stay for the reverse steps) while
+        they fit in what is left to keep."""
         while count:
-            size = min(count, self.left // max(kept + working, 1))
-            keep = size >= 1
+            size = min(count, self.batch(working))
+            keep = kept > 0 and self.keep >= kept
             if keep:
-                self.left -= size * kept
-            else:
-                size = min(count, self.batch(working))
+                size = min(size, self.keep // kept)
+                self.keep -= size * kept
             yield size, keep
             count -= size
 
 
-def kept_layers(count: int, kept: int, working: int, budget: int) -> int:
-    """How many of ``count`` same-shaped layers keep their factors for the reverse steps, the
-    rest being factorised again there (as :meth:`Budget.chunks` splits them; for the cost model)."""
-    return sum(size for size, keep in Budget(budget).chunks(count, kept, working) if keep)
+def kept_layers(count: int, kept: int, working: int, output: int, keep: int = 0) -> int:
+    """How many of ``count`` same-shaped layers keep their factors for the reverse steps (the
+    rest are factorised again there), as :meth:`Budget.chunks` splits them with a working
+    budget of one layer ``output`` and ``keep`` bytes to keep; for the cost model."""
+    return sum(size for size, kept_ in Budget(output, keep).chunks(count, kept, working) if kept_)
 
 
 def applied(state: State, weight: Tensor) -> Tensor:
@@ -109,7 +111,7 @@ def judge_all(states: Sequence[State], budget: Budget) -> bool:
             except ValueError as error:
                 error.add_note(_note(state))
                 raise
-    verdicts = Verdicts(sum(len(members) for members in groups.values()))
+    verdicts = Verdicts()
     for kind, members in groups.items():
         kind.judge(members, budget, verdicts)
     labels = {state.index: state for state in states}

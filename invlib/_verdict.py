@@ -71,38 +71,37 @@ def code_of(cond: Tensor, eps: float, growth: Tensor | None = None, solve_above:
     return ((stats.unsqueeze(-1) > limits) * bits).sum((-2, -1), dtype=torch.int8)
 
 
-_LIMITS: dict[tuple, tuple[Tensor, Tensor]] = {}
-
-
 def _thresholds(eps: float, solve_above: float | None, device: torch.device, growth: bool) -> tuple[Tensor, Tensor]:
     """The thresholds each statistic is compared with, and the bit each comparison sets:
     ``cond`` against ``1/sqrt(eps)`` (WARN), ``1/eps`` (SINGULAR), ``solve_above`` (SOLVE);
-    ``growth`` against ``1/sqrt(eps)`` (GROWTH). Made once per combination and device."""
-    key = (eps, solve_above, device, growth)
-    if key not in _LIMITS:
-        warn, solve = 1.0 / math.sqrt(eps), math.inf if solve_above is None else solve_above
-        limits = [[warn, 1.0 / eps, solve]] + ([[warn, math.inf, math.inf]] if growth else [])
-        bits = [[WARN, SINGULAR, SOLVE]] + ([[GROWTH, 0, 0]] if growth else [])
-        _LIMITS[key] = (torch.tensor(limits, dtype=torch.float64, device=device),
-                        torch.tensor(bits, dtype=torch.int8, device=device))
-    return _LIMITS[key]
+    ``growth`` against ``1/sqrt(eps)`` (GROWTH). Made per call (two small tensors): a cache would
+    hold memory that a measurement of the first step would count and later steps would not."""
+    warn, solve = 1.0 / math.sqrt(eps), math.inf if solve_above is None else solve_above
+    limits = [[warn, 1.0 / eps, solve]] + ([[warn, math.inf, math.inf]] if growth else [])
+    bits = [[WARN, SINGULAR, SOLVE]] + ([[GROWTH, 0, 0]] if growth else [])
+    return (torch.tensor(limits, dtype=torch.float64, device=device),
+            torch.tensor(bits, dtype=torch.int8, device=device))
 
 
 class Verdicts:
     """The codes of the layers judged in one backward, read back in one transfer per device.
 
     ``put(order, code, explain, settle)`` files one layer's code (a 0-d or one-element device
-    tensor, copied into this object's ``int8`` tensor); ``explain()`` is called, on the host,
+    tensor, copied into this object's ``int8`` buffer); ``explain()`` is called, on the host,
     only if the code raises an alarm: it recomputes the layer's numbers and raises
     ``ValueError`` or warns; ``settle(code)`` is told every code (a layer choosing its method).
-    :meth:`deliver` reads the codes, settles, and explains in ``order``.
+    :meth:`deliver` reads the codes, settles, and explains in ``order``. The buffer holds
+    :data:`CAPACITY` codes (256 bytes), whatever the depth; a deeper stack fills it more than once
+    and costs one more read per ``CAPACITY`` layers.
     """
 
-    def __init__(self, count: int) -> None:
-        self.count = count
+    CAPACITY = 256
+
+    def __init__(self) -> None:
         self.codes: dict[torch.device, Tensor] = {}
-        self.filed: list[tuple[int, torch.device, int, Callable[[], object], Callable[[int], None] | None]] = []
-        self._next: dict[torch.device, int] = {}
+        self.filed: dict[torch.device, list] = {}
+        self.alarms: list[tuple[int, Callable[[], object]]] = []
+        self.every = 0
 
     def put(self, order: int, code: Tensor, explain: Callable[[], object],
             settle: Callable[[int], None] | None = None) -> None:
@@ -111,38 +110,44 @@ class Verdicts:
 
     def put_many(self, orders: list[int], codes: Tensor, explains: list[Callable[[], object]],
                  settles: list[Callable[[int], None] | None]) -> None:
-        """File the codes of several layers at once (``codes``: ``(m,)``), in one copy."""
+        """File the codes of several layers at once (``codes``: ``(m,)``)."""
         device = codes.device
         if device not in self.codes:
-            self.codes[device] = torch.zeros(self.count, dtype=torch.int8, device=device)
-            self._next[device] = 0
-        position = self._next[device]
-        self.codes[device][position:position + len(orders)].copy_(codes)
-        self._next[device] = position + len(orders)
-        self.filed.extend((order, device, position + i, explain, settle)
-                          for i, (order, explain, settle) in enumerate(zip(orders, explains, settles)))
+            self.codes[device] = torch.zeros(self.CAPACITY, dtype=torch.int8, device=device)
+            self.filed[device] = []
+        for start in range(0, len(orders), self.CAPACITY):
+            stop = min(start + self.CAPACITY, len(orders))
+            if len(self.filed[device]) + stop - start > self.CAPACITY:
+                self._read(device)
+            position = len(self.filed[device])
+            self.codes[device][position:position + stop - start].copy_(codes[start:stop])
+            self.filed[device].extend(zip(orders[start:stop], explains[start:stop], settles[start:stop]))
 
-    def deliver(self, note: Callable[[int], str | None] = lambda order: None) -> int:
-        """Read, settle, explain (the first refusal raises, with ``note(order)`` added to its
-        message); return the bitwise or of all codes."""
-        read = {device: codes.tolist() for device, codes in self.codes.items()}
-        every = 0
-        for _, device, position, _, settle in self.filed:
-            code = read[device][position]
-            every |= code
+    def _read(self, device: torch.device) -> None:
+        filed = self.filed[device]
+        for (order, explain, settle), code in zip(filed, self.codes[device][:len(filed)].tolist()):
+            self.every |= code
             if settle is not None:
                 settle(code)
-        if every & ALARM:
-            for order, device, position, explain, _ in sorted(self.filed, key=lambda item: item[0]):
-                if read[device][position] & ALARM:
-                    try:
-                        explain()
-                    except ValueError as error:
-                        extra = note(order)
-                        if extra:
-                            error.add_note(extra)
-                        raise
-        return every
+            if code & ALARM:
+                self.alarms.append((order, explain))
+        self.filed[device] = []
+
+    def deliver(self, note: Callable[[int], str | None] = lambda order: None) -> int:
+        """Read what is left, settle, explain alarms in ``order`` (the first refusal raises, with
+        ``note(order)`` added to its message); return the bitwise or of all codes."""
+        for device in self.codes:
+            if self.filed[device]:
+                self._read(device)
+        for order, explain in sorted(self.alarms, key=lambda item: item[0]):
+            try:
+                explain()
+            except ValueError as error:
+                extra = note(order)
+                if extra:
+                    error.add_note(extra)
+                raise
+        return self.every
 
 
 class LUTally:

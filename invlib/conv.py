@@ -33,28 +33,18 @@ from ._lu import lu_factor
 from ._checks import check_positive_int, check_tensor
 from ._prepare import Budget, applied, read
 from ._state import State
-from ._verdict import LUTally, Verdicts
+from ._verdict import EXACT_BLOCK, LUTally, Verdicts
 from .base import Invertible, accumulate_grad, as_applied, full_precision, work_dtype
 from .linear import random_orthogonal
 
 _CONTRACT = {1: "fj,jcd->fcd", 2: "fj,fk,jkcd->fcd"}  # per-frequency phases x kernel taps -> H[f]
 
 
-_PHASES: dict[tuple, Tensor] = {}
-
-
 def _phases(n: int, nfreq: int, k: int, p: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``exp(+2 pi i f (j - p) / n)`` for frequencies ``f < nfreq`` and taps ``j < k``, ``(nfreq, k)``,
-    made once per size, kernel, dtype and device (a few kilobytes). The product ``f (j - p)`` is
-    reduced mod ``n`` in integers first, so the angle stays in ``[0, 2 pi)``."""
-    key = (n, nfreq, k, p, dtype, device)
-    if key not in _PHASES:
-        with torch.inference_mode(False), torch.no_grad():  # a plain constant, usable anywhere later
-            _PHASES[key] = _make_phases(n, nfreq, k, p, dtype, device)
-    return _PHASES[key]
-
-
-def _make_phases(n: int, nfreq: int, k: int, p: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``exp(+2 pi i f (j - p) / n)`` for frequencies ``f < nfreq`` and taps ``j < k``, ``(nfreq, k)``
+    (a few kilobytes, made per call: a cache would be memory the first measured step counts).
+    The product ``f (j - p)`` is reduced mod ``n`` in integers first, so the angle stays in
+    ``[0, 2 pi)``."""
     taps = torch.arange(k, device=device) - p
     angle = (torch.outer(torch.arange(nfreq, device=device), taps) % n).to(torch.float64) * (2 * math.pi / n)
     return torch.polar(torch.ones_like(angle), angle).to(dtype)
@@ -154,7 +144,7 @@ class _CircularConv(Invertible):
         kernel = weight if weight.is_complex() else self._kernel(weight)
         nfreq = (*size[:-1], size[-1] // 2 + 1)
         tables = [_phases(n, f, self.kernel_size, self.pad[0], kernel.dtype, kernel.device)
-                  for n, f in zip(size, nfreq)]
+                  for n, f in zip(size, nfreq)]  # (reading the rows a chunk needs would save little)
         if len(size) == 1:
             return torch.einsum(_CONTRACT[1], tables[0][start:stop], kernel)
         rows = torch.arange(start, stop, device=kernel.device)
@@ -179,7 +169,8 @@ class _CircularConv(Invertible):
         """Working bytes per frequency of the chunked inverse: a response and its LU (complex),
         the spectrum's solve, and a real magnitude temporary."""
         c = self.channels
-        return 2 * element * (2 * c * c + 2 * c * batch) + element * c * c
+        blocks = 3 if c <= EXACT_BLOCK else 2  # small blocks are judged from their inverses too
+        return 2 * element * (blocks * c * c + 2 * c * batch) + element * c * c
 
     def _factorise(self, size: tuple[int, ...], weight: Tensor, start: int, stop: int,
                    tally: LUTally | None) -> tuple[Tensor, Tensor]:
@@ -271,8 +262,9 @@ class _CircularConv(Invertible):
             spectrum = Spectrum()
             if budget.take(held):  # all at once, and kept
                 spectrum.lu, spectrum.pivots = layer._factorise(size, weight, 0, total, tally)
-            else:
-                chunk = budget.batch(layer._per_frequency(0, element))  # what is left, at least one
+            else:  # the layer's own chunking (its scratch_bytes, default one layer output)
+                output = math.prod(state.shape) * element
+                chunk = max(1, layer._budget(output) // layer._per_frequency(0, element))
                 for start in range(0, total, chunk):
                     layer._factorise(size, weight, start, min(start + chunk, total), tally)
             state.prepared = spectrum

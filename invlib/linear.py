@@ -12,7 +12,6 @@ inverse's rounding error grows with ``cond(W)`` faster than the solve's, so a we
 
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import torch
@@ -80,9 +79,6 @@ def solve_lu_right(y: Tensor, bias: Tensor | None, columns: Tensor, lower: Tenso
 #: to 1024 (``book/compute``). At or below :data:`INVERSE_WIDTH` it always pays (fewer calls).
 INVERSE_BATCH_RATIO = 4
 INVERSE_WIDTH = 32
-#: Up to this width the check before the sweep forms ``W^{-1}`` whatever the batch: its exact
-#: ``||W^{-1}||_1`` costs fewer calls than the estimator's nine solves, and the step multiplies.
-EXACT_WIDTH = 128
 
 
 def prefer_inverse(batch: int, n: int) -> bool:
@@ -91,6 +87,14 @@ def prefer_inverse(batch: int, n: int) -> bool:
     accuracy: the multiplied inverse's error then exceeds the solve's by more than about 1.25x,
     see the compute chapter)."""
     return batch >= INVERSE_BATCH_RATIO * n or n <= INVERSE_WIDTH
+
+
+def exact_norms(batch: int, n: int) -> bool:
+    """Whether the check before the sweep may form ``n x n`` matrices besides the factors (``W``,
+    ``W^{-1}``) to read ``||W^{-1}||_1`` exactly, in fewer calls than the estimator's nine solves:
+    when they are no larger than a layer output (``batch >= n``), or tiny (``n <= INVERSE_WIDTH``);
+    otherwise the estimator's ``n``-vectors keep the check's memory at the factors'."""
+    return batch >= n or n <= INVERSE_WIDTH
 
 
 def form_inverse(weight: Tensor) -> Tensor:
@@ -192,6 +196,9 @@ class InvertibleLinear(Invertible):
             lu, pivots = lu_factor(weight)
             if prepared is None:
                 check_lu(lu, pivots, weight, owner="InvertibleLinear")
+        if y.shape[0] < weight.shape[-1]:  # the permutation matrix would outweigh the batch:
+            # LAPACK's getrs applies the pivots itself (a little slower than two triangular solves)
+            return torch.linalg.lu_solve(lu, pivots, y if bias is None else y - bias, left=False, adjoint=True)
         return solve_lu_right(y, bias, pivots_to_columns(lu, pivots), lu, lu)
 
     def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False,
@@ -227,7 +234,7 @@ class InvertibleLinear(Invertible):
         for state in states:
             weight = applied(state, read(state, "weight"))
             n, dtype, batch = weight.shape[-1], work_dtype(weight), state.shape[0]
-            key = (n, dtype, weight.device, n <= EXACT_WIDTH or prefer_inverse(batch, n), prefer_inverse(batch, n))
+            key = (n, dtype, weight.device, prefer_inverse(batch, n), prefer_inverse(batch, n))
             groups.setdefault(key, []).append((state, weight))
         for (n, dtype, device, formed, preferred), members in groups.items():
             size = n * n * torch.empty((), dtype=dtype).element_size()
@@ -251,6 +258,7 @@ class InvertibleLinear(Invertible):
                 verdicts.put_many([state.index for state, _ in chunk],
                                   code_of(cond, torch.finfo(dtype).eps, growth, float(n) if formed else None),
                                   explains, settles)
+                del lu, pivots, inverse, cond, growth  # before the next batch's factors exist
 
     def extra_repr(self) -> str:
         return f"features={self.features}, bias={self.bias is not None}"
@@ -273,15 +281,9 @@ def _dense_stats(weights: Tensor, use_inverse: bool) -> tuple[Tensor, Tensor, Te
     return lu, pivots, None, norm * norm1(lu_solver(lu, pivots), (m,), n, lu.dtype, lu.device), growth
 
 
-_IDENTITIES: dict[tuple, Tensor] = {}
-
-
 def _identity(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``I_n``, made once per size, dtype and device (it is only ever read)."""
-    key = (n, dtype, device)
-    if key not in _IDENTITIES:
-        _IDENTITIES[key] = torch.eye(n, dtype=dtype, device=device)
-    return _IDENTITIES[key]
+    """``I_n`` (made per call: a cached one would be memory the first measured step counts)."""
+    return torch.eye(n, dtype=dtype, device=device)
 
 
 def _explain(state: State, use_inverse: bool) -> float:

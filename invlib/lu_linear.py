@@ -21,7 +21,7 @@ from ._prepare import Budget, read
 from ._state import State, in_forward
 from ._verdict import Verdicts, check_lu, code_of, judge
 from .base import Invertible, accumulate_grad, full_precision, work_dtype
-from .linear import EXACT_WIDTH, random_orthogonal, solve_lu_right
+from .linear import exact_norms, random_orthogonal, solve_lu_right
 
 
 def _rows(v: Tensor, index: Tensor) -> Tensor:
@@ -55,14 +55,14 @@ def factor_operators(perm: Tensor, lower: Tensor, upper: Tensor) -> tuple[Operat
     return multiply, solve
 
 
-def factor_norms(perm: Tensor, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
+def factor_norms(perm: Tensor, lower: Tensor, upper: Tensor, exact: bool) -> tuple[Tensor, Tensor]:
     """``||W||_1`` and ``||W^{-1}||_1`` of ``W = P L U`` (one matrix, or a batch with ``perm``
-    ``(m, n)``), on the device: exact up to ``EXACT_WIDTH`` (``W`` and ``W^{-1} = U^{-1} L^{-1}
-    P^T`` formed, fewer calls), estimated above (:func:`invlib._condition.norm1` with products
+    ``(m, n)``), on the device: exact if ``exact`` (``W`` and ``W^{-1} = U^{-1} L^{-1} P^T``
+    formed, fewer calls; :func:`invlib.linear.exact_norms` says when), estimated otherwise (:func:`invlib._condition.norm1` with products
     and triangular solves, O(n^2) each). NaN or inf in a factor, or a zero pivot, give NaN or inf."""
     n = upper.shape[-1]
     batch = upper.shape[:-2]
-    if n <= EXACT_WIDTH:
+    if exact:
         weight = _rows(lower @ upper, perm)
         eye = _rows(torch.eye(n, dtype=upper.dtype, device=upper.device).expand(*batch, n, n), torch.argsort(perm))
         inverse = torch.linalg.solve_triangular(
@@ -185,18 +185,23 @@ class LULinear(Invertible):
         dtype = work_dtype(y, upper)
         lower, upper = lower.to(dtype), upper.to(dtype)
         if not judged:
-            self._check_log_s()
-            fix = "re-initialise the layer or lower the learning rate"
-            check_finite(lower, name="the factor L (parameter lower)", owner="LULinear", fix=fix)
-            check_finite(upper, name="the factor U (parameter upper)", owner="LULinear", fix=fix)
-            self.condition(lower, upper)
+            self._judge_now(lower, upper, exact=False)
         return solve_lu_right(y.to(dtype), None if bias is None else bias.to(dtype),
                               torch.argsort(self.perm), lower, upper)  # P[i, perm[i]] = 1
 
-    def condition(self, lower: Tensor, upper: Tensor) -> float:
+    def _judge_now(self, lower: Tensor, upper: Tensor, exact: bool) -> float:
+        """Raise or warn now for NaN/inf in ``log_s`` or the factors, or a singular or badly
+        conditioned ``W``; return ``cond_1(W)``."""
+        self._check_log_s()
+        fix = "re-initialise the layer or lower the learning rate"
+        check_finite(lower, name="the factor L (parameter lower)", owner="LULinear", fix=fix)
+        check_finite(upper, name="the factor U (parameter upper)", owner="LULinear", fix=fix)
+        return self.condition(lower, upper, exact)
+
+    def condition(self, lower: Tensor, upper: Tensor, exact: bool = False) -> float:
         """Judge the factors now (raise if singular, warn if badly conditioned), from
         :func:`factor_norms`; return ``cond_1(W)``."""
-        norm, inverse_norm = factor_norms(self.perm, lower.detach(), upper.detach())
+        norm, inverse_norm = factor_norms(self.perm, lower.detach(), upper.detach(), exact)
         smallest = torch.diagonal(upper.detach()).abs().amin()
         cond, smallest = torch.stack([norm * inverse_norm, smallest]).tolist()
         return judge(cond, smallest, torch.finfo(upper.dtype).eps, owner="LULinear", location="")
@@ -244,14 +249,16 @@ class LULinear(Invertible):
     @classmethod
     def judge(cls, states: list[State], budget: Budget, verdicts: Verdicts) -> None:
         """Judge a stack's LU layers at once: ``cond_1(W) = ||W||_1 ||W^{-1}||_1`` from the factors,
-        batched over same-shaped layers within ``budget``: exact up to ``EXACT_WIDTH`` (``W`` and
+        batched over same-shaped layers within ``budget``: exact where ``exact_norms`` allows (``W`` and
         ``W^{-1}`` formed: fewer calls), estimated above (products and triangular solves);
         NaN or inf in any factor makes it singular. Nothing is kept."""
         groups: dict[tuple, list[State]] = {}
         for state in states:
             log_s = read(state, "log_s")
-            groups.setdefault((state.layer.features, work_dtype(log_s), log_s.device), []).append(state)
-        for (n, dtype, device), members in groups.items():
+            n = state.layer.features
+            key = (n, work_dtype(log_s), log_s.device, exact_norms(state.shape[0], n))
+            groups.setdefault(key, []).append(state)
+        for (n, dtype, device, exact), members in groups.items():
             start = 0
             for step, _ in budget.chunks(len(members), 0, 4 * n * n * torch.empty((), dtype=dtype).element_size()):
                 chunk = members[start:start + step]
@@ -262,19 +269,22 @@ class LULinear(Invertible):
                 signs = torch.stack([s.layer.sign for s in chunk]).to(dtype)
                 upper = torch.triu(torch.stack([f[1] for f in factors]), 1) + torch.diag_embed(signs * log_s.exp())
                 del factors
-                norm, inverse_norm = factor_norms(torch.stack([s.layer.perm for s in chunk]), lower, upper)
+                norm, inverse_norm = factor_norms(torch.stack([s.layer.perm for s in chunk]), lower, upper, exact)
                 # NaN or inf in a factor, or s_i = 0, make the norms NaN or inf: singular
                 code = code_of(norm * inverse_norm, torch.finfo(dtype).eps)
                 for j, state in enumerate(chunk):
                     state.prepared = True
-                    verdicts.put(state.index, code[j], partial(_explain, state))
+                    verdicts.put(state.index, code[j], partial(_explain, state, exact))
+                del lower, upper, log_s, signs, norm, inverse_norm, code  # before the next batch's
 
     def extra_repr(self) -> str:
         return f"features={self.features}, bias={self.bias is not None}"
 
 
-def _explain(state: State) -> None:
-    """The host side of a LULinear verdict: the layer's own check (the same estimates, for this
-    one layer, read and judged), on the factors its forward read."""
-    with state.substituted(state.tensors):
-        state.layer.check_inverse()
+def _explain(state: State, exact: bool) -> None:
+    """The host side of a LULinear verdict: the same norms for this one layer, read and judged,
+    on the factors its forward read."""
+    with torch.no_grad(), state.substituted(state.tensors):
+        layer = state.layer
+        lower, upper = (t.to(work_dtype(t)) for t in layer._factors())
+        layer._judge_now(lower, upper, exact)

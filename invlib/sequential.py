@@ -127,7 +127,8 @@ class InvertibleSequential(Invertible):
         self.anchor_every = anchor_every
         #: Generators besides torch's default ones that the layers draw from; replayed like them.
         self.generators = generators
-        #: Bytes the check before the sweep may keep for the reverse steps (``None``: one output).
+        #: Bytes of factors the check before the sweep may keep for the reverse steps (``None``:
+        #: none, so that memory is exactly flat in depth; see ``invlib._prepare``).
         self.scratch_bytes = scratch_bytes
 
     @property

@@ -10,7 +10,6 @@ from torch.utils.flop_counter import FlopCounterMode
 import invlib.costs as costs
 from invlib._bench.nets import build
 from invlib.compare import chain
-from invlib._prepare import kept_layers
 from invlib.linear import prefer_inverse
 
 
@@ -51,10 +50,8 @@ def test_conv_flops_against_the_counter(net, channels, spatial, batch):
     plain = counted(net, width, d, batch, "plain", channels)
     inv = counted(net, width, d, batch, "invertible", channels)
     model_plain = costs.conv_step(channels, spatial, 3, d, batch, "plain")
-    # the check before the sweep keeps the factors of a layer only within one output's bytes
-    freqs = spatial[0] * (spatial[-1] // 2 + 1) if len(spatial) == 2 else spatial[0] // 2 + 1
-    kept = kept_layers(d, freqs * (2 * 8 * channels**2 + 8 * channels), 0, batch * width * 8)
-    model_inv = costs.conv_step(channels, spatial, 3, d, batch, "invertible", refactorised=d - kept)
+    # the check before the sweep keeps no factors by default: every layer's are formed again
+    model_inv = costs.conv_step(channels, spatial, 3, d, batch, "invertible", refactorised=d)
     assert sum(plain.values()) == model_plain.matmul == model_inv.matmul
     assert inv["aten.convolution"] + inv["aten.convolution_backward"] == model_inv.matmul
     # the frequency responses: complex products the counter counts as real ones, a quarter of the model

@@ -19,7 +19,7 @@ from invlib.coupling import AdditiveCoupling
 from invlib.linear import InvertibleLinear
 from invlib.lu_linear import LULinear
 from invlib._prepare import kept_layers
-from invlib.linear import EXACT_WIDTH, prefer_inverse
+from invlib.linear import prefer_inverse
 
 NETS = ("dense", "lu", "coupling", "conv1d", "conv2d")
 KERNEL_SIZE = 3
@@ -91,21 +91,22 @@ def model_flops(net: str, depth: int, width: int, batch: int, channels: int | No
             "ratio": costs.step_ratio(steps["invertible"], steps["plain"])}
 
 
-def dense_plan(width: int, depth: int, batch: int, element: int = 4) -> dict:
+def dense_plan(width: int, depth: int, batch: int, element: int = 4, keep: int = 0) -> dict:
     """What invlib does for a stack of ``depth`` dense layers of ``width`` on ``batch`` samples
     (``invlib.linear``): whether its steps multiply by inverses, and how many layers it factorises
-    a second time because the check before the sweep could not keep their factors (its budget
-    is one layer output). For :func:`invlib.costs.dense_step`."""
-    formed = width <= EXACT_WIDTH or prefer_inverse(batch, width)
+    a second time because the check before the sweep did not keep their factors (it keeps at
+    most ``keep`` bytes, ``scratch_bytes``; none by default). For :func:`invlib.costs.dense_step`."""
+    formed = prefer_inverse(batch, width)
     size = width * width * element
-    kept = kept_layers(depth, size + (0 if formed else 8 * width), 3 * size, batch * width * element)
+    kept = kept_layers(depth, size + (0 if formed else 8 * width), 3 * size, batch * width * element, keep)
     return dict(inverse=formed, refactorised=depth - kept)
 
 
-def conv_refactorised(channels: int, spatial: tuple[int, ...], depth: int, batch: int, element: int = 4) -> int:
-    """Convolutions whose frequency factors the check before the sweep could not keep (budget:
-    one layer output), factorised again in their step; for :func:`invlib.costs.conv_step`."""
+def conv_refactorised(channels: int, spatial: tuple[int, ...], depth: int, batch: int, element: int = 4,
+                      keep: int = 0) -> int:
+    """Convolutions whose frequency factors the check before the sweep did not keep (at most
+    ``keep`` bytes; none by default), factorised again in their step; for
+    :func:`invlib.costs.conv_step`."""
     freqs = math.prod(spatial[:-1]) * (spatial[-1] // 2 + 1)
     kept = freqs * (2 * element * channels**2 + 8 * channels)
-    budget = batch * channels * math.prod(spatial) * element
-    return depth - min(depth, budget // kept)
+    return depth - min(depth, keep // kept)
