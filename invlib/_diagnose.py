@@ -5,7 +5,7 @@ input ``x_i`` and output ``x_{i+1} = f_i(x_i)``, :func:`diagnose` reports
 
 * ``condition``: the layer's condition number where it has a data-independent one: the 1-norm
   estimate ``cond_1(W) = ||W||_1 ||W^{-1}||_1`` of a dense or circular-convolution weight, from
-  the same LU factors and Hager-Higham estimator its inverse uses (``invlib._checks``), and
+  the same LU factors and Hager-Higham estimator its inverse uses (``invlib._verdict``, ``invlib._condition``), and
   ``max(a, 1/a)`` for a LeakyReLU of slope ``a``; ``None`` for layers whose conditioning depends
   on the data or on sub-networks (coupling blocks, ``Asinh``, ``ELU``);
 * ``round_trip``: ``||f_i^{-1}(f_i(x_i)) - x_i|| / ||x_i||``, the error one inversion adds;
@@ -90,7 +90,7 @@ class Diagnosis:
 
 
 def _quietly(estimate: Callable[[], float]) -> float:
-    """Run a check of :mod:`invlib._checks` for its estimate: no warning, and ``inf`` for a refusal."""
+    """Run a layer's check (``invlib._verdict``) for its estimate: no warning, and ``inf`` for a refusal."""
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

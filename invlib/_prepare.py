@@ -6,9 +6,9 @@ singular weight must be found before the first step, not when the sweep reaches 
 
 1. each class of judged layers (``Invertible.judge``: dense, LU, convolutions, ELU) judges all
    its layers of the stack in one call, batching same-shaped weights into one factorisation
-   where the memory allows, and returns one :class:`invlib._checks.Verdict` per layer, a device
-   code; nothing is read back;
-2. the codes of every layer are read in one transfer (``deliver``): the only host read of the
+   where the memory allows, and returns one code per layer (``invlib._verdict.code_of``), an ``int8``
+   tensor on the device; nothing is read back;
+2. the codes of every layer are read in one transfer (``Verdicts.deliver``): the only host read of the
    check, whatever the depth. The lowest layer refused raises (no gradient has left yet);
    badly conditioned layers warn;
 3. what the factorisations produced may be kept for the reverse steps within a :class:`Budget`

@@ -10,7 +10,7 @@ on leaf aliases of the layer's tensors (in the forward's modes, random states an
 state), leave ``x_{k-1}`` in the relay for node ``k-1`` and return ``x_bar_{k-1}`` and
 ``theta_bar_k`` to autograd, which accumulates them (hooks, DDP) before it calls node ``k-1``.
 The first node to run judges every layer first (:func:`invlib._prepare.judge_all`); the last
-checks the rebuilt input against the forward's (:meth:`Relay.compare_input`).
+checks the rebuilt input against the forward's (``Relay.compare_input``).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ TOLERANCE = 1e-2
 
 class ReconstructionWarning(UserWarning):
     """The input rebuilt by the reverse sweep differs from the forward's input by more than one
-    percent: the gradients carry an error of that order (:meth:`Relay.compare_input`)."""
+    percent: the gradients carry an error of that order (``Relay.compare_input``)."""
 
 
 def _unshared(x: Tensor, x_bar: Tensor, y: Tensor, y_bar: Tensor) -> bool:

@@ -7,7 +7,7 @@ forward, cheaply enough to do for every layer of every step:
 
 * the **layout** of a layer (its sub-modules and the ``(module, "_parameters" | "_buffers",
   name)`` slots of what they hold) is found once and cached until some module anywhere registers
-  a parameter, buffer or sub-module (torch's global registration hooks bump :data:`_EPOCH`);
+  a parameter, buffer or sub-module (torch's global registration hooks bump ``_EPOCH``);
 * the **tensors** in those slots are read at every forward, so ``parametrize`` and
   ``torch.func.functional_call`` (which put other tensors into the same slots) are followed;
 * **buffers** of modules in training mode are copied before the forward (a forward may update

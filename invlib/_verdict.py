@@ -7,7 +7,7 @@ verdict rests on the 1-norm condition number
     cond_1(W) = ||W||_1 ||W^{-1}||_1,
 
 with ``||W^{-1}||_1`` estimated from the factors by the Hager-Higham estimator of
-:mod:`invlib._condition` (LAPACK ``xGECON``'s: a few extra solves, O(n^2) each, no SVD), or read
+``invlib._condition`` (LAPACK ``xGECON``'s: a few extra solves, O(n^2) each, no SVD), or read
 off an explicit inverse when one was formed anyway. The ratio of the pivots ``max|U_ii| /
 min|U_ii|`` is no substitute: a unit triangular matrix with large off-diagonal entries has every
 pivot 1 and a condition number up to 1e16 at n = 8. For a block-diagonal operator (a convolution:
@@ -27,8 +27,8 @@ on either side of it. (``LULinear`` never forms ``W``, so it estimates ``||W||_1
 from products with its factors; that product of two estimates can be off by up to ~9.)
 
 Reading a value back to the host is a synchronisation on a GPU, so verdicts are *codes*: small
-integers computed on the device (:func:`code_of`), the sum of :data:`WARN`, :data:`GROWTH`,
-:data:`SINGULAR` and :data:`SOLVE`. :class:`Verdicts` gathers the codes of every layer of a
+integers computed on the device (:func:`code_of`), the sum of ``WARN``, ``GROWTH``,
+``SINGULAR`` and ``SOLVE``. :class:`Verdicts` gathers the codes of every layer of a
 backward into one ``int8`` tensor per device and reads them in one transfer; only a layer whose
 code raises an alarm is examined again, on the host, to raise or warn with its numbers. One byte
 per layer is all a verdict keeps until then, so the check's memory does not grow with depth.
@@ -91,7 +91,7 @@ class Verdicts:
     only if the code raises an alarm: it recomputes the layer's numbers and raises
     ``ValueError`` or warns; ``settle(code)`` is told every code (a layer choosing its method).
     :meth:`deliver` reads the codes, settles, and explains in ``order``. The buffer holds
-    :data:`CAPACITY` codes (256 bytes), whatever the depth; a deeper stack fills it more than once
+    ``CAPACITY`` codes (256 bytes), whatever the depth; a deeper stack fills it more than once
     and costs one more read per ``CAPACITY`` layers.
     """
 

@@ -24,7 +24,7 @@ class Invertible(nn.Module):
       ``for layer in net: x = layer(x)`` followed by ``loss.backward()`` is standard backprop.
     * ``inverse(forward(x)) == x`` and ``forward(inverse(y)) == y`` up to rounding, for every
       ``x`` in the layer's domain and ``y`` in its range. Rounding error is amplified by the
-      layer's condition number; layers with a weight matrix check it (see ``invlib._checks``).
+      layer's condition number; layers with a weight matrix check it (see ``invlib._verdict``).
     * ``reverse(y, y_bar) -> (x, x_bar)`` rebuilds ``x = inverse(y)`` and returns the cotangent
 
           x_bar = (dy/dx)^T y_bar,

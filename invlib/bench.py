@@ -1,5 +1,7 @@
 """Step time and peak memory of plain autograd, checkpointing, invlib and the RevNet libraries.
 
+Usage::
+
     python -m invlib.bench [--nets dense lu coupling conv1d conv2d] [--widths 256]
                            [--depths 4 16 64] [--batches 4096] [--methods plain checkpoint invlib]
                            [--dtype float32] [--device cpu|cuda] [--threads N]

@@ -286,7 +286,7 @@ class CircularConv1d(_CircularConv):
     adjoint correlations, with no recomputed forward convolution.
     Conditioning: in the Fourier domain the layer is block diagonal, so its 1-norm condition number
     there is ``max_f ||H[f]||_1 * max_f ||H[f]^{-1}||_1``; ``inverse`` estimates it from the LU
-    factors of every ``H[f]`` (Hager-Higham, a few O(C^2) solves per frequency, see ``invlib._checks``).
+    factors of every ``H[f]`` (Hager-Higham, a few O(C^2) solves per frequency, see ``invlib._verdict``).
     A kernel singular at any frequency (e.g. taps summing to a singular matrix, at f = 0) has no
     inverse and raises ``ValueError`` naming that frequency, as does a weight holding NaN/inf; a
     condition number above ``1/sqrt(eps)`` warns, naming the frequency nearest to singular.

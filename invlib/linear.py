@@ -138,7 +138,7 @@ class InvertibleLinear(Invertible):
 
     Conditioning: ``W`` starts orthogonal (cond 1), but training can drive it towards singular.
     ``inverse`` and ``reverse`` estimate ``cond_1(W)`` from the LU factors they solve with (a few
-    extra O(features^2) solves, see ``invlib._checks``): ``ValueError`` if ``W`` is singular to
+    extra O(features^2) solves, see ``invlib._verdict``): ``ValueError`` if ``W`` is singular to
     working precision (``cond_1 > 1/eps``) or holds NaN/inf, a warning above ``1/sqrt(eps)`` or on
     large LU pivot growth; ``forward`` checks nothing. Do not use this layer when ``features`` is
     large enough that the O(features^3) factorisation per backward matters; :class:`invlib.LULinear`

@@ -87,7 +87,7 @@ class LULinear(Invertible):
     Conditioning: ``L`` is not bounded here as it is under partial pivoting, so ``W`` can be
     nearly singular with every ``|s_i|`` equal to 1 (``L`` with large entries). ``inverse`` and
     ``reverse`` therefore estimate ``cond_1(W)`` from the factors (Hager-Higham, a few O(features^2)
-    triangular solves and products, see ``invlib._checks``): ``ValueError`` if singular to working
+    triangular solves and products, see ``invlib._verdict``): ``ValueError`` if singular to working
     precision (``cond_1 > 1/eps``) or if a factor holds NaN/inf, a warning above ``1/sqrt(eps)``.
     ``forward`` checks ``log_s`` only, O(features): NaN/inf there raises, and ``log_s_i = -inf``
     (``s_i = 0``, ``W`` singular) raises before anything is computed from it (not under

@@ -13,7 +13,10 @@ default). Sections (each timed and guarded, so one failure is recorded and the r
   (:func:`invlib.precision.autocast_survey`);
 * ``bench``: ``python -m invlib.bench`` step-time ratios (its own JSON, embedded);
 * ``profile``: ``torch.profiler``'s table for one ``invlib`` step of dense, LU, coupling and conv1d nets;
-* ``parts``: the parts of a dense layer's reverse step, each timed alone.
+* ``parts``: the parts of a dense layer's reverse step, each timed alone;
+* ``syncs``: every net's backward with ``torch.cuda.set_sync_debug_mode("error")`` around each
+  layer's reverse step (the two reads per backward, the verdicts and the rebuilt input's
+  comparison, stay outside), and ``python -m invlib.bench --overhead`` on the GPU's host.
 
 The chapters "The post's networks, at the post's sizes" (post_networks, budget), "Compute" (bench,
 parts) and "invlib in a training loop" (autocast) read the file committed as
@@ -206,9 +209,46 @@ def parts(deadline):
     return out
 
 
+def syncs(deadline):
+    """Does any layer's reverse step synchronise with the device? Each net's backward runs with
+    ``torch.cuda.set_sync_debug_mode("error")`` switched on around every layer's reverse step
+    (``invlib._reverse_step._reverse``), so a synchronising op there raises; the once-per-backward
+    reads of the verdicts and of the rebuilt input's comparison are outside it."""
+    import invlib._reverse_step as reverse_step
+
+    inner = reverse_step._reverse
+
+    def strict(*args, **kwargs):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    out = {}
+    reverse_step._reverse = strict
+    try:
+        for kind in ("dense", "lu", "coupling", "conv1d", "conv2d"):
+            spec = {"conv1d": {"channels": 16, "size": (64,)}, "conv2d": {"channels": 4, "size": (16, 16)}}.get(
+                kind, {"width": 256})
+            net = build(kind, depth=4, batch=256, device=DEVICE, **spec)
+            try:
+                invlib.InvertibleSequential(*net.layers)(net.x).square().sum().backward()
+                torch.cuda.synchronize()
+                out[kind] = "no synchronisation inside the reverse steps"
+            except RuntimeError as error:
+                out[kind] = f"raised: {str(error).splitlines()[0]}"
+    finally:
+        reverse_step._reverse = inner
+    proc = subprocess.run([sys.executable, "-m", "invlib.bench", "--overhead"], capture_output=True, text=True,
+                          timeout=max(30, deadline - time.perf_counter()))
+    out["overhead (host CPU)"] = proc.stdout[-4000:]
+    return out
+
+
 SECTIONS = {"post_networks": (post_networks, 150), "budget": (budget, 110), "autocast": (autocast, 60),
             "bench": (bench, 150), "profile": (profile, 60),
-            "parts": (parts, 30)}
+            "parts": (parts, 30), "syncs": (syncs, 90)}
 
 
 def main(path: str, names: list[str]) -> None:

@@ -31,8 +31,8 @@ from invlib.sequential import InvertibleSequential
 
 __all__ = ["HostReads", "host_reads", "fixed_cost", "TINY"]
 
-#: The sizes at which the fixed cost is measured: features per sample (conv nets: channels x
-#: points), batch, depth.
+#: The sizes at which the fixed cost is measured (width in features per sample, for the conv
+#: nets channels times points; batch; depth).
 TINY = dict(width=16, batch=4, depth=16)
 _TINY_CHANNELS = {"conv1d": 4, "conv2d": 4}
 _TINY_WIDTH = {"conv1d": 64, "conv2d": 64}  # 4 channels x 16 points; 4 channels x 4 x 4
