@@ -21,7 +21,8 @@ installed. A progress bar goes to stderr, the table to stdout, the rows and the 
 ``--json``. ``--quick`` is a smoke run of every net at width 64 (under a minute on 2 CPU cores).
 ``--overhead`` measures instead what the reverse steps cost besides their arithmetic
 (:mod:`invlib._bench.overhead`): host reads per backward at depths 4 and 16, and the fixed cost
-per layer at width 16, batch 4, depth 16, one thread, against the plain loop.
+per layer at width 16, batch 4, depth 16, one thread, against the plain loop, for the default
+container and for one with ``scratch_bytes`` of 1 MiB.
 
 From Python: :func:`build` (a net and its input), :func:`time_steps` and :func:`measure`
 (interleaved timing; and peak memory), :func:`model_flops` (the FLOP model's ratio), :func:`main`.
@@ -39,7 +40,7 @@ import torch
 from invlib._bench.machine import machine
 from invlib._bench.measure import Measured, measure, time_steps
 from invlib._bench.nets import NETS, build, model_flops
-from invlib._bench.overhead import HostReads, fixed_cost, host_reads, overhead_table
+from invlib._bench.overhead import SCRATCH, HostReads, fixed_cost, host_reads, overhead_table
 from invlib._bench.peers import PEERS, available, peer_forward
 from invlib.compare import chain
 
@@ -201,8 +202,10 @@ def _overhead(args: argparse.Namespace) -> int:
     nets = tuple(args.nets) if args.nets != FULL["nets"] else NETS
     rounds = args.repeats if args.repeats != FULL["repeats"] else 60
     print(f"host reads per backward (depth 4, 16) and fixed cost per layer at width 16, batch 4, depth 16, "
-          f"one thread, {rounds} interleaved rounds; torch={torch.__version__}")
-    header = f"{'net':<8} {'reads d4':>8} {'reads d16':>9} {'plain us':>9} {'invlib us':>10} {'ratio':>6}"
+          f"one thread, {rounds} interleaved rounds; 'scratch': InvertibleSequential(scratch_bytes={SCRATCH}); "
+          f"torch={torch.__version__}")
+    header = (f"{'net':<8} {'reads d4':>8} {'reads d16':>9} {'plain us':>9} {'invlib us':>10} {'ratio':>6} "
+              f"{'scratch us':>10} {'ratio':>6}")
     print(header)
     print("-" * len(header), flush=True)
     rows = []
@@ -210,7 +213,7 @@ def _overhead(args: argparse.Namespace) -> int:
         row = overhead_table((net,), rounds=rounds)[0]
         rows.append(row)
         print(f"{net:<8} {row['reads_d4']:>8} {row['reads_d16']:>9} {row['plain_us']:>9.1f} {row['invlib_us']:>10.1f} "
-              f"{row['ratio']:>6.2f}", flush=True)
+              f"{row['ratio']:>6.2f} {row['scratch_us']:>10.1f} {row['scratch_ratio']:>6.2f}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(machine=machine(torch.device("cpu")), rows=rows), f, indent=1)

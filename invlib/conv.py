@@ -37,9 +37,6 @@ from ._verdict import EXACT_BLOCK, LUTally, Verdicts
 from .base import Invertible, accumulate_grad, as_applied, full_precision, work_dtype
 from .linear import random_orthogonal
 
-_CONTRACT = {1: "fj,jcd->fcd", 2: "fj,fk,jkcd->fcd"}  # per-frequency phases x kernel taps -> H[f]
-
-
 def _phases(n: int, nfreq: int, k: int, p: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """``exp(+2 pi i f (j - p) / n)`` for frequencies ``f < nfreq`` and taps ``j < k``, ``(nfreq, k)``
     (a few kilobytes, made per call: a cache would be memory the first measured step counts).
@@ -137,24 +134,37 @@ class _CircularConv(Invertible):
         nfreq = (*size[:-1], size[-1] // 2 + 1)
         return self._response_rows(size, weight, 0, math.prod(nfreq)).reshape(*nfreq, self.channels, self.channels)
 
-    def _response_rows(self, size: tuple[int, ...], weight: Tensor, start: int, stop: int) -> Tensor:
+    def _response_rows(self, size: tuple[int, ...], weight: Tensor, start: int, stop: int,
+                       tables: list[Tensor] | None = None) -> Tensor:
         """``H[f]`` for the frequencies ``start <= f < stop`` in row-major order over ``nfreq``:
         ``(stop - start, C, C)``, so that an inverse can work through the spectrum in chunks.
-        ``weight`` may be the kernel already in the complex layout of :meth:`_kernel`."""
+        ``weight`` may be the kernel already in the complex layout of :meth:`_kernel`, and
+        ``tables`` the phases of :meth:`_tables` (a chunked caller makes both once per layer).
+
+        ``H[f] = sum_j phase[f, j] K_j`` is one matrix product, ``(rows, taps) @ (taps, C C)``; in
+        2-D the phase of tap ``(i, j)`` at frequency ``(f, g)`` is the product of the two axes'."""
         kernel = weight if weight.is_complex() else self._kernel(weight)
-        nfreq = (*size[:-1], size[-1] // 2 + 1)
-        tables = [_phases(n, f, self.kernel_size, self.pad[0], kernel.dtype, kernel.device)
-                  for n, f in zip(size, nfreq)]  # (reading the rows a chunk needs would save little)
+        tables = self._tables(size, kernel) if tables is None else tables
+        c = self.channels
         if len(size) == 1:
-            return torch.einsum(_CONTRACT[1], tables[0][start:stop], kernel)
+            return torch.bmm(tables[0][None, start:stop], kernel[None]).view(stop - start, c, c)
+        columns = size[-1] // 2 + 1
         rows = torch.arange(start, stop, device=kernel.device)
-        phases = (tables[0].index_select(0, rows // nfreq[1]), tables[1].index_select(0, rows % nfreq[1]))
-        return torch.einsum(_CONTRACT[2], *phases, kernel)
+        phases = tables[0].index_select(0, rows // columns)[:, :, None] * tables[1].index_select(0, rows % columns)[:, None, :]
+        return torch.bmm(phases.view(1, stop - start, -1), kernel[None]).view(stop - start, c, c)
+
+    def _tables(self, size: tuple[int, ...], kernel: Tensor) -> list[Tensor]:
+        """The phases ``exp(+2 pi i f (j - p) / n)`` of every axis, ``(nfreq_axis, k)`` each."""
+        nfreq = (*size[:-1], size[-1] // 2 + 1)
+        return [_phases(n, f, self.kernel_size, self.pad[0], kernel.dtype, kernel.device)
+                for n, f in zip(size, nfreq)]
 
     def _kernel(self, weight: Tensor) -> Tensor:
-        """The taps as complex ``(*taps, C, C)`` matrices, ready for :meth:`_response_rows`."""
+        """The taps as one complex ``(taps, C C)`` matrix (``taps = k`` or ``k^2``, row-major over
+        the tap offsets), ready for :meth:`_response_rows`."""
         complex_dtype = torch.complex128 if work_dtype(weight) == torch.float64 else torch.complex64
-        return weight.movedim((0, 1), (-2, -1)).to(complex_dtype)
+        taps = self.kernel_size ** self.spatial_dims
+        return weight.movedim((0, 1), (-2, -1)).reshape(taps, self.channels ** 2).to(complex_dtype)
 
     def inverse(self, y: Tensor) -> Tensor:
         y = self._check(y, "y")
@@ -173,9 +183,9 @@ class _CircularConv(Invertible):
         return 2 * element * (blocks * c * c + 2 * c * batch) + element * c * c
 
     def _factorise(self, size: tuple[int, ...], weight: Tensor, start: int, stop: int,
-                   tally: LUTally | None) -> tuple[Tensor, Tensor]:
+                   tally: LUTally | None, tables: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """LU factors of ``H[f]`` for frequencies ``start <= f < stop``, judged into ``tally``."""
-        response = self._response_rows(size, weight, start, stop)  # (k, C, C)
+        response = self._response_rows(size, weight, start, stop, tables)  # (k, C, C)
         lu, pivots = lu_factor(response)
         if tally is not None:
             tally.add(lu, pivots, response)
@@ -208,13 +218,15 @@ class _CircularConv(Invertible):
             tally = None if prepared is not None else LUTally(owner=type(self).__name__, weight=weight,
                                                                where=_frequency_namer(nfreq, size))
             chunk = max(1, self._budget(y.numel() * y.element_size()) // self._per_frequency(batch, y.element_size()))
+            tables = self._tables(size, kernel)
             for start in range(0, total, chunk):
                 stop = min(start + chunk, total)
-                lu, pivots = self._factorise(size, kernel, start, stop, tally)
+                lu, pivots = self._factorise(size, kernel, start, stop, tally, tables)
                 if flat is not None:
                     part = flat[:, :, start:stop]
                     part.copy_(torch.linalg.lu_solve(lu, pivots, part.permute(2, 1, 0)).permute(2, 1, 0))
                 del lu, pivots
+            del tables
             if tally is not None:
                 tally.finish()
         if spectrum is None:
@@ -265,8 +277,10 @@ class _CircularConv(Invertible):
             else:  # the layer's own chunking (its scratch_bytes, default one layer output)
                 output = math.prod(state.shape) * element
                 chunk = max(1, layer._budget(output) // layer._per_frequency(0, element))
+                tables = layer._tables(size, weight)
                 for start in range(0, total, chunk):
-                    layer._factorise(size, weight, start, min(start + chunk, total), tally)
+                    layer._factorise(size, weight, start, min(start + chunk, total), tally, tables)
+                del tables
             state.prepared = spectrum
             verdicts.put(state.index, tally.code(), partial(_explain, state))
 
@@ -321,6 +335,7 @@ def _explain(state: State) -> float:
     tally = LUTally(owner=type(layer).__name__, weight=weight, where=_frequency_namer(nfreq, size))
     chunk = max(1, layer._budget(0) // layer._per_frequency(0, weight.element_size()))
     kernel = layer._kernel(weight)
+    tables = layer._tables(size, kernel)
     for start in range(0, total, chunk):
-        layer._factorise(size, kernel, start, min(start + chunk, total), tally)
+        layer._factorise(size, kernel, start, min(start + chunk, total), tally, tables)
     return tally.finish()

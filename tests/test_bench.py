@@ -121,3 +121,4 @@ def test_overhead_cli_prints_reads_and_ratios(tmp_path):
     for row in rows:
         assert row["reads_d4"] == row["reads_d16"] <= 2
         assert row["plain_us"] > 0 and row["invlib_us"] > 0 and row["ratio"] > 0
+        assert row["scratch_bytes"] == 1 << 20 and row["scratch_us"] > 0 and row["scratch_ratio"] > 0

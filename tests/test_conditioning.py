@@ -314,3 +314,44 @@ def test_batched_factorisation_is_right_on_several_threads():
         assert torch.get_num_threads() == max(2, threads)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("net", ["conv1d", "conv2d"])
+def test_a_scratch_budget_batches_a_convolutions_factorisations_and_bounds_the_memory(net, monkeypatch):
+    """By default a convolution's check and its step work through the spectrum in chunks of one
+    layer output (at a batch of four: one or two frequencies per call). With ``scratch_bytes`` the
+    check factorises every frequency of a layer in one call and keeps the factors, the step
+    factorises nothing, the gradients are the plain loop's, and the peak rises by at most twice
+    the budget, whatever the depth."""
+    from invlib._bench.nets import build
+    from invlib.compare import step_memory
+
+    budget = 2**20
+    factorised = []
+    lu_factor_ex = torch.linalg.lu_factor_ex
+    monkeypatch.setattr(torch.linalg, "lu_factor_ex",
+                        lambda a, *r, **k: factorised.append(a.shape[:-2].numel()) or lu_factor_ex(a, *r, **k))
+    torch.manual_seed(0)
+    layers, x = build(net, 3, 64, 4, 4, dtype=torch.float64)
+    frequencies = 9 if net == "conv1d" else 12  # 4 channels x 16 points -> 9; 4 x (4 x 4) -> 4 x 3
+    want = torch.autograd.grad(torch.nn.Sequential(*layers)(x).square().sum(),
+                               [x, *(p for layer in layers for p in layer.parameters())])
+    for scratch in (None, budget):
+        factorised.clear()
+        leaf = x.detach().requires_grad_()
+        for layer in layers:
+            layer.zero_grad(set_to_none=True)
+        invlib.InvertibleSequential(*layers, scratch_bytes=scratch)(leaf).square().sum().backward()
+        got = [leaf.grad, *(p.grad for layer in layers for p in layer.parameters())]
+        assert max(float((g - w).norm() / w.norm()) for g, w in zip(got, want)) < 1e-12
+        if scratch is None:  # every frequency factorised twice (check, step), a few per call
+            assert sum(factorised) == 2 * 3 * frequencies and len(factorised) > 2 * 3
+        else:                # once, one call per layer
+            assert factorised == [frequencies] * 3
+    for depth in (4, 32):
+        torch.manual_seed(0)
+        layers, x = build(net, depth, 64, 4, 4)
+        params = [p for layer in layers for p in layer.parameters()]
+        peaks = [step_memory(invlib.InvertibleSequential(*layers, scratch_bytes=s), x, params,
+                             accumulate=True).peak_above_grads for s in (None, budget)]
+        assert 0 <= peaks[1] - peaks[0] <= 2 * budget
