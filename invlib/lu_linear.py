@@ -234,8 +234,11 @@ class LULinear(Invertible):
             x = self._solve(y, lower, upper, None if bias is None else bias.detach(), prepared is not None)
             back = torch.argsort(self.perm)
             y_bar = y_bar.to(x.dtype)
-            # x_bar = y_bar P L U', in the cheaper order: two products with B rows, or L U' first
-            x_bar = (y_bar[:, back] @ lower) @ upper if y.shape[0] <= self.features else y_bar[:, back] @ (lower @ upper)
+            # x_bar = y_bar P L U', in the cheaper order
+            if y.shape[0] <= self.features:  # two products with B rows
+                x_bar = (y_bar[:, back] @ lower) @ upper
+            else:  # y_bar P M = y_bar M[perm]: the rows of the n x n product gathered, not the batch
+                x_bar = y_bar @ (lower @ upper)[self.perm]
             m_bar = (y_bar.mT @ x)[back]
             upper_bar = lower.mT @ m_bar
             lower_bar = torch.tril(m_bar @ upper.mT, -1)
