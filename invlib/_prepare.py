@@ -96,6 +96,12 @@ def read(state: State, name: str) -> Tensor:
         return getattr(layer, name)
 
 
+def judged(state: State) -> bool:
+    """Whether :func:`judge_all` reads ``state``'s layer: its class judges, or checks its inverse."""
+    kind = type(state.layer)
+    return kind.judge is not None or kind.check_inverse is not Invertible.check_inverse
+
+
 def judge_all(states: Sequence[State], budget: Budget) -> bool:
     """Judge every layer in ``states`` (forward order) before any gradient leaves (module doc);
     return whether some layer was found badly conditioned (and warned)."""

@@ -25,8 +25,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ._fsdp import gathered
 from ._hooks import run_hooks, run_pre_hooks
-from ._prepare import Budget, judge_all
+from ._prepare import Budget, judge_all, judged
 from ._replay import Tape, generators_for, recording, replaying
 from ._state import State
 from ._storage import shares_memory, sole_reference
@@ -79,6 +80,7 @@ class Relay:
         self.input: tuple[weakref.ref, int] | None = None
         self.labels: list[str] = []
         self.warned = False  # the check before the sweep warned of a badly conditioned layer
+        self.units: dict[int, object] = {}  # layer index -> the FSDP unit holding its parameters
 
     def anchor(self, index: int, y: Tensor) -> None:
         """Keep layer ``index``'s output for its reverse step: a detached alias, which creates no
@@ -93,7 +95,21 @@ class Relay:
         for state in self.states:
             state.check_versions()
         output = y.numel() * y.element_size()
-        self.warned = judge_all(self.states, Budget(max(output, self.scratch_bytes or 0), self.scratch_bytes or 0))
+        budget = Budget(max(output, self.scratch_bytes or 0), self.scratch_bytes or 0)
+        if not self.units:
+            self.warned = judge_all(self.states, budget)
+        else:  # FSDP units whose parameters are freed now are gathered one at a time to be judged
+            by_unit: dict[int, tuple[object, list[State]]] = {}
+            for state in reversed(self.states):  # top first, as the sweep will need them
+                unit = self.units.get(state.index)
+                by_unit.setdefault(id(unit), (unit, []))[1].insert(0, state)
+            self.warned = False
+            for unit, members in by_unit.values():
+                if unit is None or not any(judged(state) for state in members):  # nothing to gather for
+                    self.warned |= judge_all(members, budget)
+                    continue
+                with gathered([unit], [[t for state in members for t in state.tensors]]):
+                    self.warned |= judge_all(members, budget)
         self.judged = True
 
     def take(self, index: int, y_bar: Tensor, layer: Invertible) -> tuple[Tensor, Tensor, bool]:

@@ -103,12 +103,20 @@ class Layout:
         return (_nothing, ())
 
     def hooked_forward(self) -> bool:
-        """Whether a forward hook (of a module of the layer, or global) is registered now."""
-        return any(self.hook_dicts) or bool(_module._global_forward_hooks or _module._global_forward_pre_hooks)
+        """Whether a forward hook (of a module of the layer, or global) is registered now; FSDP2's
+        own hooks on a unit do not count (``invlib._fsdp`` runs them around the unit's nodes)."""
+        return any(user_hooks(d) for d in self.hook_dicts) or bool(
+            _module._global_forward_hooks or _module._global_forward_pre_hooks)
 
 
 def _nothing() -> None:
     return None
+
+
+def user_hooks(hooks: dict) -> bool:
+    """Whether the hook dict ``hooks`` holds a hook other than FSDP2's (a method of its
+    ``FSDPState``, registered by ``fully_shard``)."""
+    return any(type(getattr(hook, "__self__", None)).__name__ != "FSDPState" for hook in hooks.values())
 
 
 def layout(layer: nn.Module) -> Layout:

@@ -43,7 +43,7 @@ One training step measured this way, for several ways of differentiating the sam
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -93,13 +93,19 @@ class MemoryTracker(TorchDispatchMode):
 
     While the block runs, ``live_bytes`` is the current count. Every op pays a Python call and a
     pass over the registered storages, so do not time code inside the tracker.
+
+    ``watch``: storages that exist before the block but are grown and shrunk in place inside it
+    (``UntypedStorage.resize_``, which no op reports), such as those FSDP2 gathers parameters
+    into; each counts by how much it exceeds its size at entry.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, watch: Sequence[torch.UntypedStorage] = ()) -> None:
         super().__init__()
         self.peak_bytes = 0
         self.live_bytes = 0
         self._tracked: dict[int, weakref.ref] = {}
+        self._watch = list(watch)
+        self._base: list[int] = []
 
     @property
     def peak_mib(self) -> float:
@@ -112,6 +118,7 @@ class MemoryTracker(TorchDispatchMode):
     def __enter__(self) -> MemoryTracker:
         self.peak_bytes = self.live_bytes = 0
         self._tracked = {}
+        self._base = [storage.nbytes() for storage in self._watch]
         _replay.LISTENERS.append(self._made_outside)
         return super().__enter__()
 
@@ -157,6 +164,8 @@ class MemoryTracker(TorchDispatchMode):
             storage = ref()
             if storage is not None:
                 live += storage.nbytes()
+        for storage, base in zip(self._watch, self._base):
+            live += max(storage.nbytes() - base, 0)
         self.live_bytes = live
         self.peak_bytes = max(self.peak_bytes, live)
 

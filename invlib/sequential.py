@@ -30,10 +30,11 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from ._fsdp import distributed, is_unit, refuse_inner_units, run_in_unit
 from ._hooks import hooked
 from ._reverse_step import Relay, ReverseStep, _unshared
 from . import _state
-from ._state import State, forward_of_container
+from ._state import State, forward_of_container, user_hooks
 from .base import Invertible
 
 
@@ -177,18 +178,37 @@ class InvertibleSequential(Invertible):
         relay.opens, relay.closes = structure.hooks()
         relay.input = (weakref.ref(x), x._version)
         relay.labels = structure.labels
-        groups = _nodes(states, structure.anchors)
+        spans = structure.units()
+        breaks = {i for first, last, _, _ in spans for i in (first, last + 1)}
+        groups = _nodes(states, structure.anchors, breaks)
         relay.last = len(groups) - 1
+        relay.units = {i: unit for first, last, _, unit in sorted(spans, key=lambda s: s[2])
+                       for i in range(first, last + 1)}  # the innermost unit holding each layer
+
+        def node(index: int, x: Tensor, context: Tensor | None) -> Tensor:
+            group = groups[index]
+            if relay.units and group[0].index in relay.units:  # read the parameters FSDP gathered now
+                group[:] = [State(state.layer, state.index, state.label) for state in group]
+            layer_context = context if context is not None and group[0].layer.takes_context else None
+            tensors = group[0].tensors if len(group) == 1 else tuple(t for state in group for t in state.tensors)
+            x = ReverseStep.apply(x, relay, group, index, layer_context, *tensors)
+            if x.grad_fn is not None:  # autograd will run this node's reverse steps
+                relay.states.extend(group)
+                if group[-1].index in structure.anchors:
+                    relay.anchor(index, x)
+            return x
+
+        def run(plan: list, x: Tensor, context: Tensor | None) -> Tensor:
+            for item in plan:
+                if isinstance(item, int):
+                    x = node(item, x, context)
+                else:  # an FSDP unit: its nodes run as a forward of the unit (invlib._fsdp)
+                    unit, inner = item
+                    x = run_in_unit(unit, lambda x, context, inner=inner: run(inner, x, context), x, context)
+            return x
+
         with forward_of_container():
-            for index, group in enumerate(groups):
-                layer_context = context if context is not None and group[0].layer.takes_context else None
-                tensors = group[0].tensors if len(group) == 1 else tuple(t for state in group for t in state.tensors)
-                x = ReverseStep.apply(x, relay, group, index, layer_context, *tensors)
-                if x.grad_fn is not None:  # autograd will run this node's reverse steps
-                    relay.states.extend(group)
-                    if group[-1].index in structure.anchors:
-                        relay.anchor(index, x)
-        return x
+            return run(_plan(groups, spans), x, context)
 
     def _run(self, x: Tensor, context: Tensor | None) -> Tensor:
         for layer in self.layers:
@@ -253,6 +273,7 @@ class _Structure:
         self.key = key
         self.leaves: list[tuple[Invertible, str]] = []
         self.spans: list[tuple[int, int, int, InvertibleSequential]] = []
+        self.depths: list[int] = []  # the nesting depth of each leaf's container
         generators: list[torch.Generator] = []
         self.anchors: set[int] = set()
 
@@ -265,6 +286,7 @@ class _Structure:
                     walk(layer, label + ".", depth + 1)
                 else:
                     self.leaves.append((layer, label))
+                    self.depths.append(depth)
                 k = net.anchor_every
                 if depth == 0 and k is not None and (i + 1) % k == 0 and i + 1 < len(container.layers) and self.leaves:
                     self.anchors.add(len(self.leaves) - 1)
@@ -275,6 +297,20 @@ class _Structure:
         self.generators = tuple(generators)
         self.labels = [label for _, label in self.leaves]
 
+    def units(self) -> list[tuple[int, int, int, nn.Module]]:
+        """``(first, last, depth, unit)`` for each layer and nested container given to FSDP2's
+        ``fully_shard`` (found at every forward: ``fully_shard`` registers nothing that would
+        renew this structure); ``fully_shard`` inside a layer is refused."""
+        if not distributed():
+            return []
+        found = [(first, last, depth, container) for depth, first, last, container in self.spans
+                 if is_unit(container)]
+        for index, (layer, label) in enumerate(self.leaves):
+            if is_unit(layer):
+                found.append((index, index, self.depths[index] + 1, layer))
+            refuse_inner_units(layer, label)
+        return found
+
     def hooks(self) -> tuple[dict[int, list], dict[int, list]]:
         """For each index, the modules with backward hooks whose pre-hooks run there (containers
         ending there, outer first, then the layer) and whose full hooks run there (the layer,
@@ -284,7 +320,7 @@ class _Structure:
         closes: dict[int, list] = {}
         spans = []
         for depth, first, last, container in self.spans:
-            if container._forward_hooks or container._forward_pre_hooks:
+            if user_hooks(container._forward_hooks) or user_hooks(container._forward_pre_hooks):
                 raise ValueError(
                     f"InvertibleSequential: the nested container holding layers {self.labels[first]} to "
                     f"{self.labels[last]} has forward hooks; inside another InvertibleSequential its layers run "
@@ -302,17 +338,43 @@ class _Structure:
         return opens, closes
 
 
-def _nodes(states: list[State], anchors: set[int]) -> list[list[State]]:
+def _nodes(states: list[State], anchors: set[int], breaks: set[int] = frozenset()) -> list[list[State]]:
     """The layers grouped into autograd nodes: each layer that reads parameters or buffers (or
-    takes the context, or may draw random numbers, or has an anchor before it) starts a node;
-    parameter-free layers after it (activations) join its node, which saves them the fixed cost
-    of a node of their own. Their hooks and checks still run one layer at a time."""
+    takes the context, or may draw random numbers, or has an anchor before it, or begins or
+    follows an FSDP unit: ``breaks``) starts a node; parameter-free layers after it
+    (activations) join its node, which saves them the fixed cost of a node of their own. Their
+    hooks and checks still run one layer at a time."""
     groups: list[list[State]] = []
     for state in states:
         layout = state.layout
         if groups and not state.tensors and not state.layer.takes_context and not layout.random \
-                and not layout.hooked_forward() and groups[-1][-1].index not in anchors:
+                and not layout.hooked_forward() and groups[-1][-1].index not in anchors \
+                and state.index not in breaks:
             groups[-1].append(state)
         else:
             groups.append([state])
     return groups
+
+
+def _plan(groups: list[list[State]], spans: list[tuple[int, int, int, nn.Module]]) -> list:
+    """The order in which ``forward`` runs the nodes: a node's index, or ``(unit, plan)`` for the
+    nodes of an FSDP unit (nested units inside), from ``spans`` of layer indices."""
+    group_of = {state.index: g for g, group in enumerate(groups) for state in group}
+    ranges = sorted(((group_of[first], group_of[last], depth, unit) for first, last, depth, unit in spans),
+                    key=lambda r: (r[0], -r[1], r[2]))  # outer units first
+
+    def build(lo: int, hi: int, ranges: list) -> list:
+        plan, i = [], lo
+        while i <= hi:
+            if ranges and ranges[0][0] == i:
+                first, last, _, unit = ranges[0]
+                inside = [r for r in ranges[1:] if r[1] <= last]
+                plan.append((unit, build(first, last, inside)))
+                ranges = [r for r in ranges[1:] if r[0] > last]
+                i = last + 1
+            else:
+                plan.append(i)
+                i += 1
+        return plan
+
+    return build(0, len(groups) - 1, ranges)

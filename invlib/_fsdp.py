@@ -1,0 +1,102 @@
+"""``InvertibleSequential`` under FSDP2: FSDP's own gathers and reductions around the reverse steps.
+
+FSDP2 (``torch.distributed.fsdp.fully_shard``) keeps each unit's parameters sharded across the
+ranks and gathers them around the unit's computation, with hooks that only the autograd graph of
+an ordinary forward triggers:
+
+* pre-forward: all-gather the unit's parameters (``unshard``), and wrap the unit's inputs in a
+  node whose backward runs FSDP's *post-backward* (reduce-scatter the unit's gradients, free the
+  gathered parameters);
+* post-forward: free the gathered parameters (``reshard_after_forward``), and hook the unit's
+  outputs so that their gradient triggers FSDP's *pre-backward* (gather again).
+
+Inside an ``InvertibleSequential`` a layer runs in a taping-free node (``invlib._reverse_step``)
+with gradients disabled, so FSDP would gather and free around it but register none of the
+backward hooks, and the node would record the sharded parameters. Here a unit's nodes run inside
+a method that FSDP2 treats as a forward of the unit (``register_fsdp_forward_method``, torch's
+public API for this), with gradients enabled:
+
+    x' = post_backward_hook(x)         # FSDP pre-forward: gather, hook x
+    y  = node_k( ... node_j(x') ...)   # the unit's layers, recording the *gathered* parameters
+    y' = pre_backward_hook(y)          # FSDP post-forward: free, hook y
+
+so in backward FSDP gathers the unit's parameters before its top node runs, the nodes return
+the gradients of the gathered parameters to autograd (which accumulates them before anything
+downstream runs), and FSDP reduce-scatters them when the gradient reaches ``x'``: each unit is
+gathered once in forward and once in backward, and freed after each, as FSDP does for the plain
+loop. The check before the sweep gathers a freed unit once more to judge its weights
+(:func:`gathered`).
+
+A unit is a layer given to ``fully_shard``, or a nested ``InvertibleSequential`` given to it (a
+group of layers); ``fully_shard`` on a module *inside* a layer is refused (:func:`units`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ._state import layout
+
+try:
+    from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
+except ImportError:  # a torch build without distributed support
+    FSDPModule = None  # type: ignore[assignment,misc]
+    register_fsdp_forward_method = None  # type: ignore[assignment]
+
+#: The method FSDP2 is told to treat as a forward of a unit (``invlib.base.Invertible``).
+METHOD = "_invlib_nodes"
+
+
+def is_unit(module: nn.Module) -> bool:
+    """Whether ``module`` was given to ``fully_shard``."""
+    return FSDPModule is not None and isinstance(module, FSDPModule)
+
+
+def distributed() -> bool:
+    """Whether a default process group exists (FSDP2 needs one)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def refuse_inner_units(layer: nn.Module, label: str) -> None:
+    """Raise if ``fully_shard`` was applied to a module inside ``layer`` (not to the layer)."""
+    if FSDPModule is None:
+        return
+    for module in layout(layer).modules:
+        if module is not layer and isinstance(module, FSDPModule):
+            name = next(n for n, m in layer.named_modules() if m is module)
+            raise ValueError(
+                f"InvertibleSequential: layer {label} ({type(layer).__name__}) holds a module given to "
+                f"fully_shard ({name}); its parameters would be gathered only around that module's own "
+                "forward, not around the layer's reverse step. Call fully_shard on the layer itself, or on an "
+                "InvertibleSequential of several layers (and on the root), as torchtitan does per block.")
+
+
+def run_in_unit(unit: nn.Module, run: Callable[[Tensor, Tensor | None], Tensor], x: Tensor,
+                context: Tensor | None) -> Tensor:
+    """``run(x, context)`` as a forward of the FSDP unit ``unit`` (module doc)."""
+    if "_invlib_fsdp" not in unit.__dict__:
+        register_fsdp_forward_method(unit, METHOD)
+        unit.__dict__["_invlib_fsdp"] = True
+    return getattr(unit, METHOD)(x, context, run)
+
+
+def _freed(tensors: Sequence[Tensor]) -> bool:
+    return any(t.numel() and not t.untyped_storage().nbytes() for t in tensors)
+
+
+@contextmanager
+def gathered(units: Sequence[nn.Module], tensors: Sequence[Sequence[Tensor]]) -> Iterator[None]:
+    """For the duration, gather (``FSDPModule.unshard``) each unit whose recorded parameters
+    ``tensors[i]`` are freed now, and free them again after (``FSDPModule.reshard``)."""
+    opened = [unit for unit, held in zip(units, tensors) if _freed(held)]
+    try:
+        for unit in opened:
+            unit.unshard()
+        yield
+    finally:
+        for unit in opened:
+            unit.reshard()
