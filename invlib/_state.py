@@ -105,8 +105,9 @@ class Layout:
     def hooked_forward(self) -> bool:
         """Whether a forward hook (of a module of the layer, or global) is registered now; FSDP2's
         own hooks on a unit do not count (``invlib._fsdp`` runs them around the unit's nodes)."""
-        return any(user_hooks(d) for d in self.hook_dicts) or bool(
-            _module._global_forward_hooks or _module._global_forward_pre_hooks)
+        if any(self.hook_dicts) and any(user_hooks(d) for d in self.hook_dicts if d):
+            return True
+        return bool(_module._global_forward_hooks or _module._global_forward_pre_hooks)
 
 
 def _nothing() -> None:

@@ -208,6 +208,10 @@ class InvertibleSequential(Invertible):
             return x
 
         with forward_of_container():
+            if not spans:
+                for index in range(len(groups)):
+                    x = node(index, x, context)
+                return x
             return run(_plan(groups, spans), x, context)
 
     def _run(self, x: Tensor, context: Tensor | None) -> Tensor:
