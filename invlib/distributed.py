@@ -27,11 +27,28 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 
-__all__ = ["MODES", "ddp_agreement", "train_single"]
+__all__ = ["MODES", "ddp_agreement", "spawn_local", "train_single"]
 
 MODES = ("default", "find_unused_parameters", "static_graph", "no_sync")
 _OPTIONS = {"default": {}, "find_unused_parameters": {"find_unused_parameters": True},
             "static_graph": {"static_graph": True}, "no_sync": {}}
+
+
+def spawn_local(worker: Callable[..., None], args: tuple, world_size: int) -> None:
+    """``torch.multiprocessing.spawn(worker, args, world_size)``: ranks on this machine that talk
+    over loopback only, with torch's C++ advice (e.g. DDP's reducer finding no unused parameter)
+    kept out of the caller's output; a rank's error propagates. The environment is restored."""
+    child_env = {"GLOO_SOCKET_IFNAME": "lo", "TORCH_CPP_LOG_LEVEL": "ERROR"}
+    saved = {k: os.environ.get(k) for k in child_env}
+    try:
+        os.environ.update(child_env)  # read by each rank when it starts and imports torch
+        mp.spawn(worker, args=args, nprocs=world_size, join=True)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _loss(net: nn.Module, x: Tensor, target: Tensor) -> Tensor:
@@ -97,21 +114,8 @@ def ddp_agreement(build: Callable[[], nn.Module], x: Tensor, target: Tensor, *,
         raise ValueError(f"ddp_agreement: the batch ({len(x)}) must be divisible by 2 * world_size = "
                          f"{2 * world_size} so that shards and micro-batches are equal")
     reference = train_single(build, x, target, steps, lr)
-    # The ranks talk over loopback only, and keep the reducer's advice (e.g. that
-    # find_unused_parameters found none) out of the caller's output; errors still propagate.
-    child_env = {"GLOO_SOCKET_IFNAME": "lo", "TORCH_CPP_LOG_LEVEL": "ERROR"}
-    saved = {k: os.environ.get(k) for k in child_env}
     with tempfile.TemporaryDirectory() as folder:
-        try:
-            os.environ.update(child_env)  # read by each rank when it starts and imports torch
-            mp.spawn(_worker, args=(world_size, build, x, target, tuple(modes), steps, lr, folder),
-                     nprocs=world_size, join=True)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        spawn_local(_worker, (world_size, build, x, target, tuple(modes), steps, lr, folder), world_size)
         result = {}
         for mode in modes:
             worst = 0.0

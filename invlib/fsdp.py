@@ -24,7 +24,6 @@ steps and are grown and freed in place, so the tracker is told to watch them.
 
 from __future__ import annotations
 
-import os
 import socket
 import tempfile
 import time
@@ -34,13 +33,13 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .activations import LeakyReLU
 from .conv import CircularConv1d, CircularConv2d
 from .coupling import AdditiveCoupling
+from .distributed import spawn_local
 from .linear import InvertibleLinear
 from .lu_linear import LULinear
 from .sequential import InvertibleSequential
@@ -282,19 +281,8 @@ def run_cases(cases: Sequence[Case], world_size: int = 2, *, rounds: int = 0) ->
     names = [case.name for case in cases]
     if len(set(names)) != len(names):
         raise ValueError("run_cases: case names must be unique")
-    child_env = {"GLOO_SOCKET_IFNAME": "lo", "TORCH_CPP_LOG_LEVEL": "ERROR"}
-    saved = {k: os.environ.get(k) for k in child_env}
     with tempfile.TemporaryDirectory() as folder:
-        try:
-            os.environ.update(child_env)
-            mp.spawn(_worker, args=(world_size, _free_port(), tuple(cases), folder, rounds), nprocs=world_size,
-                     join=True)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        spawn_local(_worker, (world_size, _free_port(), tuple(cases), folder, rounds), world_size)
         return [torch.load(Path(folder) / f"rank{rank}.pt") for rank in range(world_size)]
 
 
