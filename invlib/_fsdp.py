@@ -39,7 +39,7 @@ from contextlib import contextmanager
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ._state import layout
+from ._state import layout, user_hook
 
 try:
     from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
@@ -75,13 +75,34 @@ def refuse_inner_units(layer: nn.Module, label: str) -> None:
                 "InvertibleSequential of several layers (and on the root), as torchtitan does per block.")
 
 
-def run_in_unit(unit: nn.Module, run: Callable[[Tensor, Tensor | None], Tensor], x: Tensor,
-                context: Tensor | None) -> Tensor:
-    """``run(x, context)`` as a forward of the FSDP unit ``unit`` (module doc)."""
+def run_in_unit(unit: nn.Module, run: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``run(x)`` as a forward of the FSDP unit ``unit`` (module doc). A context reaches ``run``
+    by closure, not as an argument, so that a mixed-precision policy does not make one cast copy
+    of it per unit, each kept until backward."""
     if "_invlib_fsdp" not in unit.__dict__:
         register_fsdp_forward_method(unit, METHOD)
         unit.__dict__["_invlib_fsdp"] = True
-    return getattr(unit, METHOD)(x, context, run)
+    return getattr(unit, METHOD)(x, run)
+
+
+@contextmanager
+def hooks_set_aside(unit: nn.Module) -> Iterator[None]:
+    """For the duration, ``unit``'s forward hooks without FSDP2's own: a layer that is a unit
+    runs its forward inside the unit's nodes, around which FSDP's hooks ran already (running
+    them again would record the unit twice in FSDP's forward order and free its parameters
+    even with ``reshard_after_forward=False``). The hook dicts are restored in their order."""
+    saved = []
+    for hooks in (unit._forward_pre_hooks, unit._forward_hooks):
+        if hooks and not all(user_hook(h) for h in hooks.values()):
+            saved.append((hooks, list(hooks.items())))
+            for key in [k for k, h in hooks.items() if not user_hook(h)]:
+                del hooks[key]
+    try:
+        yield
+    finally:
+        for hooks, items in saved:
+            hooks.clear()
+            hooks.update(items)
 
 
 def _freed(tensors: Sequence[Tensor]) -> bool:

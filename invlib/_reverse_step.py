@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._fsdp import gathered
+from ._fsdp import gathered, hooks_set_aside
 from ._hooks import run_hooks, run_pre_hooks
 from ._prepare import Budget, judge_all, judged
 from ._replay import Tape, generators_for, recording, replaying
@@ -191,14 +191,17 @@ class ReverseStep(torch.autograd.Function):
         for state in group:
             x, layer = y, state.layer
             extra = (context.detach(),) if context is not None and layer.takes_context else ()
+            # a layer that is an FSDP unit itself: FSDP's hooks ran around this node already
+            aside = hooks_set_aside(layer) if relay.units.get(state.index) is layer else nullcontext()
             if state.layout.random or state.layout.hooked_forward():
                 tape = state.tape = Tape(generators_for(x.device, relay.generators))
-                with recording(tape):
+                with recording(tape), aside:
                     y = layer(x, *extra)
                 if not tape:
                     state.tape = None
             else:
-                y = layer(x, *extra)
+                with aside:
+                    y = layer(x, *extra)
             state.x_dtype = x.dtype
             if layer.observes:
                 state.observed = layer.observe(x)

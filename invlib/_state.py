@@ -114,10 +114,15 @@ def _nothing() -> None:
     return None
 
 
+def user_hook(hook: object) -> bool:
+    """Whether a module hook is not FSDP2's own (a method of its ``FSDPState``, registered by
+    ``fully_shard``)."""
+    return type(getattr(hook, "__self__", None)).__name__ != "FSDPState"
+
+
 def user_hooks(hooks: dict) -> bool:
-    """Whether the hook dict ``hooks`` holds a hook other than FSDP2's (a method of its
-    ``FSDPState``, registered by ``fully_shard``)."""
-    return any(type(getattr(hook, "__self__", None)).__name__ != "FSDPState" for hook in hooks.values())
+    """Whether the hook dict ``hooks`` holds a hook other than FSDP2's."""
+    return any(user_hook(hook) for hook in hooks.values())
 
 
 def layout(layer: nn.Module) -> Layout:

@@ -73,11 +73,11 @@ class Invertible(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} must implement forward(x)")
 
-    def _invlib_nodes(self, x: Tensor, context: Tensor | None, run) -> Tensor:
-        """``run(x, context)``: the autograd nodes of this module's layers inside an
+    def _invlib_nodes(self, x: Tensor, run) -> Tensor:
+        """``run(x)``: the autograd nodes of this module's layers inside an
         :class:`~invlib.InvertibleSequential`; FSDP2 treats it as a forward of the module when
         the module was given to ``fully_shard`` (``invlib._fsdp``)."""
-        return run(x, context)
+        return run(x)
 
     def inverse(self, y: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} must implement inverse(y)")

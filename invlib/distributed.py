@@ -18,6 +18,7 @@ Modes (``MODES``): ``"default"``; ``"find_unused_parameters"``; ``"static_graph"
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,7 +28,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 
-__all__ = ["MODES", "ddp_agreement", "spawn_local", "train_single"]
+__all__ = ["MODES", "ddp_agreement", "end_rank", "spawn_local", "train_single"]
 
 MODES = ("default", "find_unused_parameters", "static_graph", "no_sync")
 _OPTIONS = {"default": {}, "find_unused_parameters": {"find_unused_parameters": True},
@@ -91,8 +92,21 @@ def _worker(rank: int, world_size: int, build: Callable[[], nn.Module], x: Tenso
                 opt.step()
                 history.append({k: v.detach().clone() for k, v in net.module.named_parameters()})
             torch.save(history, f"{folder}/{mode}-rank{rank}.pt")
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    end_rank()
+
+
+def end_rank() -> None:
+    """End a spawned rank that finished its work: destroy the process group and exit at once,
+    without Python's teardown. Tearing a DDP reducer down after its process group can deadlock
+    against gloo's worker threads (torch 2.13: the reducer's destructor, holding the GIL, joins
+    a gloo thread that waits for the GIL to release a work item), which hung a test once."""
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def ddp_agreement(build: Callable[[], nn.Module], x: Tensor, target: Tensor, *,

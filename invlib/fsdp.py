@@ -39,7 +39,7 @@ from torch.utils.checkpoint import checkpoint
 from .activations import LeakyReLU
 from .conv import CircularConv1d, CircularConv2d
 from .coupling import AdditiveCoupling
-from .distributed import spawn_local
+from .distributed import end_rank, spawn_local
 from .linear import InvertibleLinear
 from .lu_linear import LULinear
 from .sequential import InvertibleSequential
@@ -215,7 +215,10 @@ def _run_case(case: Case, rank: int, world_size: int) -> dict:
                 result["peak"] = tracker.peak_bytes
                 result["held"] = sum(_local(p).numel() * p.element_size() for p in net.parameters())
             else:
-                net(part).square().mean().backward()
+                y = net(part)
+                # between forward and backward: which units hold their parameters gathered
+                result["gathered"] = [not hasattr(next(unit.parameters()), "device_mesh") for unit in units]
+                y.square().mean().backward()
             if not last:
                 with torch.no_grad():
                     for p in net.parameters():
@@ -264,15 +267,19 @@ def _worker(rank: int, world_size: int, port: int, cases: Sequence[Case], folder
         else:
             results = {case.name: _run_case(case, rank, world_size) for case in cases}
         torch.save(results, Path(folder) / f"rank{rank}.pt")
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    end_rank()
 
 
 def run_cases(cases: Sequence[Case], world_size: int = 2, *, rounds: int = 0) -> list[dict]:
     """Run ``cases`` on ``world_size`` new CPU processes (gloo over loopback); per rank, each
     case's result: ``grads`` (the full gradients of the last step, in ``net.parameters()``
     order; ``None`` on error), ``error`` (a message, or ``None``), ``grads_left`` (on error:
-    which parameters hold a gradient), ``peak`` and ``held`` (``memory=True``: the step's peak
+    which parameters hold a gradient), ``gathered`` (per unit, whether its parameters were
+    gathered between the forward and the backward of the last unmeasured step), ``peak`` and
+    ``held`` (``memory=True``: the step's peak
     bytes above the rank's parameter and gradient shards, and its parameter-shard bytes).
 
     ``rounds > 0`` times instead: the cases' networks (float32) are built side by side and

@@ -204,7 +204,7 @@ class InvertibleSequential(Invertible):
                     x = node(item, x, context)
                 else:  # an FSDP unit: its nodes run as a forward of the unit (invlib._fsdp)
                     unit, inner = item
-                    x = run_in_unit(unit, lambda x, context, inner=inner: run(inner, x, context), x, context)
+                    x = run_in_unit(unit, lambda x, inner=inner: run(inner, x, context), x)
             return x
 
         with forward_of_container():

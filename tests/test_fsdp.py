@@ -82,7 +82,17 @@ def test_a_singular_sharded_weight_is_refused_before_any_gradient_leaves(ranks):
 
 def test_fully_shard_inside_a_layer_is_refused_clearly(ranks):
     for results in ranks:
-        assert "fully_shard on the layer itself" in ranks[0]["inner-unit"]["error"]
+        assert "fully_shard on the layer itself" in results["inner-unit"]["error"]
+
+
+@pytest.mark.parametrize("case", GRID, ids=[c.name for c in GRID])
+def test_units_stay_gathered_between_forward_and_backward_only_without_reshard(ranks, case):
+    """FSDP's reshard_after_forward holds for the units' nodes: freed after the forward when
+    True, kept gathered for the backward when False (also when each layer is its own unit,
+    whose own forward runs inside the unit's nodes)."""
+    for results in ranks:
+        gathered = results[case.name]["gathered"]
+        assert gathered and all(g == (not case.reshard_after_forward) for g in gathered)
 
 
 def test_step_memory_per_rank_is_flat_in_depth_and_plain_fsdp_grows(ranks):
