@@ -39,7 +39,7 @@ from contextlib import contextmanager
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ._state import layout, user_hook
+from ._state import fsdp_hook, layout, user_hook
 
 try:
     from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
@@ -73,6 +73,17 @@ def refuse_inner_units(layer: nn.Module, label: str) -> None:
                 f"fully_shard ({name}); its parameters would be gathered only around that module's own "
                 "forward, not around the layer's reverse step. Call fully_shard on the layer itself, or on an "
                 "InvertibleSequential of several layers (and on the root), as torchtitan does per block.")
+
+
+def refuse_grouped(unit: nn.Module, label: str) -> None:
+    """Raise if ``unit`` was sharded together with other modules (``fully_shard([a, b])``): FSDP
+    then gathers the group around the modules' forwards in its own order, which the reverse
+    steps cannot follow. FSDP marks the group by wrapping its hooks."""
+    if any(fsdp_hook(hook) and not fsdp_hook(hook, wrapped=False) for hook in unit._forward_pre_hooks.values()):
+        raise ValueError(
+            f"InvertibleSequential: {label} ({type(unit).__name__}) was given to fully_shard together with "
+            "other modules (fully_shard([a, b])), which is not supported; call fully_shard on each layer, or "
+            "put the layers in a nested InvertibleSequential and call fully_shard on that.")
 
 
 def run_in_unit(unit: nn.Module, run: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:

@@ -22,6 +22,7 @@ forward, cheaply enough to do for every layer of every step:
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -116,8 +117,18 @@ def _nothing() -> None:
 
 def user_hook(hook: object) -> bool:
     """Whether a module hook is not FSDP2's own (a method of its ``FSDPState``, registered by
-    ``fully_shard``)."""
-    return type(getattr(hook, "__self__", None)).__name__ != "FSDPState"
+    ``fully_shard``, or FSDP's wrapper of one for ``fully_shard([a, b])``)."""
+    return not fsdp_hook(hook)
+
+
+def fsdp_hook(hook: object, *, wrapped: bool = True) -> bool:
+    """Whether ``hook`` is a method of FSDP2's ``FSDPState`` (``wrapped``: or a wrapper of one,
+    as FSDP registers for ``fully_shard([a, b])``)."""
+    if type(getattr(hook, "__self__", None)).__name__ == "FSDPState":
+        return True
+    if wrapped and hasattr(hook, "__wrapped__"):
+        return getattr(inspect.unwrap(hook), "__qualname__", "").startswith("FSDPState.")
+    return False
 
 
 def user_hooks(hooks: dict) -> bool:

@@ -44,10 +44,12 @@ from .linear import InvertibleLinear
 from .lu_linear import LULinear
 from .sequential import InvertibleSequential
 
-__all__ = ["KINDS", "METHODS", "Case", "Checkpointed", "assemble", "blocks", "input_batch", "run_cases",
-           "single_process"]
+__all__ = ["CONTEXT", "KINDS", "METHODS", "Case", "Checkpointed", "Conditioned", "assemble", "blocks",
+           "context_batch", "input_batch", "run_cases", "single_process"]
 
 KINDS = ("coupling", "dense", "lu", "conv1d", "conv2d", "mixed")
+#: Width of the context of ``"conditional"`` blocks (:func:`blocks`).
+CONTEXT = 3
 METHODS = ("plain", "checkpoint", "invlib")
 
 
@@ -62,6 +64,17 @@ def _mlp(half: int, dropout: float, batchnorm: bool) -> nn.Sequential:
     return nn.Sequential(*parts)
 
 
+class Conditioned(nn.Module):
+    """A residual function that reads a context: ``tanh(Linear(w/2 + c, w/2)([h, context]))``."""
+
+    def __init__(self, half: int, context: int = CONTEXT) -> None:
+        super().__init__()
+        self.linear = nn.Linear(half + context, half)
+
+    def forward(self, h: Tensor, context: Tensor) -> Tensor:
+        return torch.tanh(self.linear(torch.cat([h, context], dim=1)))
+
+
 def blocks(kind: str, depth: int, width: int, *, seed: int = 0, dtype: torch.dtype = torch.float64,
            dropout: float = 0.0, batchnorm: bool = False) -> list[list[nn.Module]]:
     """``depth`` blocks of ``kind``, each a list of invlib layers, from ``torch.manual_seed(seed)``:
@@ -70,8 +83,13 @@ def blocks(kind: str, depth: int, width: int, *, seed: int = 0, dtype: torch.dty
       (``batchnorm``: a BatchNorm1d after the first Linear; ``dropout``: Dropout before the last);
     * ``"dense"`` / ``"lu"``: ``InvertibleLinear(w)`` / ``LULinear(w)`` + ``LeakyReLU(0.5)``;
     * ``"conv1d"`` / ``"conv2d"``: a circular convolution of ``w`` channels (3 taps) + LeakyReLU;
-    * ``"mixed"``: a coupling block followed by ``InvertibleLinear(w)`` (the issue's second net).
+    * ``"mixed"``: a coupling block followed by ``InvertibleLinear(w)`` (the issue's second net);
+    * ``"conditional"``: a coupling block whose F and G read a context (:class:`Conditioned`),
+      for ``net(x, context)``.
     """
+    if kind == "conditional":
+        torch.manual_seed(seed)
+        return [[AdditiveCoupling(Conditioned(width // 2), Conditioned(width // 2)).to(dtype)] for _ in range(depth)]
     if kind not in KINDS:
         raise ValueError(f"blocks: kind must be one of {KINDS}, got {kind!r}")
     torch.manual_seed(seed)
@@ -91,6 +109,13 @@ def blocks(kind: str, depth: int, width: int, *, seed: int = 0, dtype: torch.dty
             block = [conv(width, 3), LeakyReLU(0.5)]
         made.append([layer.to(dtype) for layer in block])
     return made
+
+
+def context_batch(kind: str, batch: int, *, dtype: torch.dtype = torch.float64) -> Tensor | None:
+    """The context for the whole batch of ``"conditional"`` blocks (``None`` for other kinds)."""
+    if kind != "conditional":
+        return None
+    return torch.randn(batch, CONTEXT, generator=torch.Generator().manual_seed(2), dtype=dtype)
 
 
 def input_batch(kind: str, batch: int, width: int, *, seed: int = 1, size: int = 8,
@@ -154,6 +179,7 @@ class Case:
     batchnorm: bool = False
     singular: bool = False  # zero the first InvertibleLinear's weight (a singular layer)
     inner_unit: bool = False  # fully_shard a sub-network inside a layer instead
+    grouped: bool = False  # fully_shard the first two units in one call
     memory: bool = False  # track the last step's memory per rank
     extra: dict = field(default_factory=dict)
 
@@ -172,6 +198,17 @@ def _gathered_storages(units: Sequence[nn.Module]) -> list[torch.UntypedStorage]
         found.extend(p.untyped_storage() for p in unit.parameters(recurse=True) if not hasattr(p, "device_mesh"))
         unit.reshard()
     return found
+
+
+def _forward(net: nn.Module, x: Tensor, context: Tensor | None) -> Tensor:
+    if context is None:
+        return net(x)
+    if isinstance(net, InvertibleSequential):
+        return net(x, context)
+    for block in net:  # the plain loop over blocks of conditional layers
+        for layer in block:
+            x = layer(x, context)
+    return x
 
 
 def _local(t: Tensor) -> Tensor:
@@ -195,11 +232,16 @@ def _run_case(case: Case, rank: int, world_size: int) -> dict:
         options["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16)
     if case.inner_unit:
         units = [made[0][0].F]
+    if case.grouped:
+        fully_shard(units[:2], **options)
+        units = units[2:]
     for unit in units:
         fully_shard(unit, **options)
     fully_shard(net, **options)
     x = input_batch(case.kind, case.batch, case.width)
     part = x.chunk(world_size)[rank]
+    whole = context_batch(case.kind, case.batch)
+    context = None if whole is None else whole.chunk(world_size)[rank].clone().requires_grad_()
     result: dict = {"error": None, "grads": None, "peak": None}
     try:
         for step in range(case.steps):
@@ -207,15 +249,17 @@ def _run_case(case: Case, rank: int, world_size: int) -> dict:
             # the measured step keeps the gradient shards of the step before, zeroed: the peak is
             # then what the step needs above the rank's parameter and gradient shards
             net.zero_grad(set_to_none=not (last and case.memory))
+            if context is not None:
+                context.grad = None
             torch.manual_seed(1000 * step + rank)  # the same dropout masks for every method
             if last and case.memory:
                 watched = _gathered_storages([*units, net])
                 with MemoryTracker(watch=watched) as tracker:
-                    net(part).square().mean().backward()
+                    _forward(net, part, context).square().mean().backward()
                 result["peak"] = tracker.peak_bytes
                 result["held"] = sum(_local(p).numel() * p.element_size() for p in net.parameters())
             else:
-                y = net(part)
+                y = _forward(net, part, context)
                 # between forward and backward: which units hold their parameters gathered
                 result["gathered"] = [not hasattr(next(unit.parameters()), "device_mesh") for unit in units]
                 y.square().mean().backward()
@@ -224,6 +268,8 @@ def _run_case(case: Case, rank: int, world_size: int) -> dict:
                     for p in net.parameters():
                         p -= 0.01 * p.grad
         result["grads"] = [p.grad.full_tensor() if p.grad is not None else None for p in net.parameters()]
+        if context is not None:  # this rank's loss is the mean over its share: R times the whole batch's
+            result["context_grad"] = context.grad / world_size
     except (ValueError, RuntimeError) as error:
         result["error"] = f"{type(error).__name__}: {error}"
         result["grads_left"] = [p.grad is not None for p in net.parameters()]
@@ -293,18 +339,24 @@ def run_cases(cases: Sequence[Case], world_size: int = 2, *, rounds: int = 0) ->
         return [torch.load(Path(folder) / f"rank{rank}.pt") for rank in range(world_size)]
 
 
-def single_process(case: Case) -> list[Tensor]:
+def single_process(case: Case, *, context_grad: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
     """The reference gradients of ``case``'s network: the plain loop on the whole batch, one
-    process, in ``net.parameters()`` order (the same order as :func:`run_cases`)."""
+    process, in ``net.parameters()`` order (the same order as :func:`run_cases`); with
+    ``context_grad`` (``"conditional"`` blocks) also the context's gradient."""
     made = blocks(case.kind, case.depth, case.width, seed=case.seed, dropout=case.dropout,
                   batchnorm=case.batchnorm)
     net, _ = assemble(made, "plain")
     x = input_batch(case.kind, case.batch, case.width)
+    whole = context_batch(case.kind, case.batch)
+    context = None if whole is None else whole.clone().requires_grad_()
     for step in range(case.steps):
         net.zero_grad(set_to_none=True)
-        net(x).square().mean().backward()
+        if context is not None:
+            context.grad = None
+        _forward(net, x, context).square().mean().backward()
         if step < case.steps - 1:
             with torch.no_grad():
                 for p in net.parameters():
                     p -= 0.01 * p.grad
-    return [p.grad for p in net.parameters()]
+    grads = [p.grad for p in net.parameters()]
+    return (grads, context.grad) if context_grad else grads

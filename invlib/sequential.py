@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from ._fsdp import distributed, is_unit, refuse_inner_units, run_in_unit
+from ._fsdp import distributed, is_unit, refuse_grouped, refuse_inner_units, run_in_unit
 from ._hooks import hooked
 from ._reverse_step import Relay, ReverseStep, _unshared
 from . import _state
@@ -309,8 +309,11 @@ class _Structure:
             return []
         found = [(first, last, depth, container) for depth, first, last, container in self.spans
                  if is_unit(container)]
+        for first, _, _, container in found:
+            refuse_grouped(container, f"the nested container of layer {self.labels[first]}")
         for index, (layer, label) in enumerate(self.leaves):
             if is_unit(layer):
+                refuse_grouped(layer, f"layer {label}")
                 found.append((index, index, self.depths[index] + 1, layer))
             refuse_inner_units(layer, label)
         return found

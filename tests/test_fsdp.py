@@ -23,10 +23,13 @@ BF16 = [Case(f"bf16-{kind}-{method}", kind, method=method, bf16=True, width=16, 
         for kind in ("coupling", "mixed") for method in ("plain", "invlib")]
 REPLAY = [Case(f"replay-{method}", "coupling", method=method, dropout=0.2, batchnorm=True, batch=16)
           for method in ("plain", "invlib")]
-ERRORS = [Case("singular", "dense", singular=True), Case("inner-unit", "coupling", inner_unit=True)]
+ERRORS = [Case("singular", "dense", singular=True), Case("inner-unit", "coupling", inner_unit=True),
+          Case("grouped", "coupling", grouped=True)]
 MEMORY = [Case(f"memory-{method}-{depth}", "coupling", method=method, depth=depth, width=16, batch=16,
                memory=True) for method in ("plain", "invlib") for depth in (2, 8)]
-CASES = GRID + BF16 + REPLAY + ERRORS + MEMORY
+CONDITIONAL = [Case(f"conditional-{per}-{reshard}", "conditional", per=per, reshard_after_forward=reshard)
+               for per, reshard in (("block", True), ("layer", False))]
+CASES = GRID + BF16 + REPLAY + ERRORS + MEMORY + CONDITIONAL
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +88,13 @@ def test_fully_shard_inside_a_layer_is_refused_clearly(ranks):
         assert "fully_shard on the layer itself" in results["inner-unit"]["error"]
 
 
+def test_fully_shard_of_several_modules_in_one_call_is_refused_clearly(ranks):
+    for results in ranks:
+        error = results["grouped"]["error"]
+        assert error is not None and "fully_shard([a, b])" in error and "not supported" in error
+        assert not any(results["grouped"]["grads_left"])
+
+
 @pytest.mark.parametrize("case", GRID, ids=[c.name for c in GRID])
 def test_units_stay_gathered_between_forward_and_backward_only_without_reshard(ranks, case):
     """FSDP's reshard_after_forward holds for the units' nodes: freed after the forward when
@@ -105,3 +115,16 @@ def test_step_memory_per_rank_is_flat_in_depth_and_plain_fsdp_grows(ranks):
         unit = 4 * (8 * 8 + 8) * 8  # one block's parameters, gathered: F and G, two Linear(8, 8) each
         assert abs(ours[1] - ours[0]) <= 2 * unit + activation  # the issue's bound (flat at larger sizes)
         assert plain[1] - plain[0] > 6 * 2 * activation  # six more blocks' caches, two activations or more each
+
+
+@pytest.mark.parametrize("case", CONDITIONAL, ids=[c.name for c in CONDITIONAL])
+def test_conditional_blocks_under_fsdp_give_the_parameter_and_context_gradients(ranks, case):
+    """net(x, context) with coupling blocks whose F and G read the context: the parameters'
+    gradients equal one process's, and so does each rank's share of the context's gradient."""
+    reference, context_reference = single_process(case, context_grad=True)
+    for rank, results in enumerate(ranks):
+        result = results[case.name]
+        assert result["error"] is None, result["error"]
+        assert relative(result["grads"], reference) < 1e-12
+        share = context_reference.chunk(len(ranks))[rank]
+        assert float((result["context_grad"] - share).norm() / share.norm()) < 1e-12
