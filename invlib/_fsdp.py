@@ -116,19 +116,15 @@ def hooks_set_aside(unit: nn.Module) -> Iterator[None]:
             hooks.update(items)
 
 
-def _freed(tensors: Sequence[Tensor]) -> bool:
-    return any(t.numel() and not t.untyped_storage().nbytes() for t in tensors)
-
-
 @contextmanager
-def gathered(units: Sequence[nn.Module], tensors: Sequence[Sequence[Tensor]]) -> Iterator[None]:
-    """For the duration, gather (``FSDPModule.unshard``) each unit whose recorded parameters
-    ``tensors[i]`` are freed now, and free them again after (``FSDPModule.reshard``)."""
-    opened = [unit for unit, held in zip(units, tensors) if _freed(held)]
+def gathered(unit: nn.Module, tensors: Sequence[Tensor]) -> Iterator[None]:
+    """For the duration, gather ``unit`` (``FSDPModule.unshard``) if the parameters recorded from
+    it, ``tensors``, are freed now, and free it again after (``FSDPModule.reshard``)."""
+    opened = any(t.numel() and not t.untyped_storage().nbytes() for t in tensors)
+    if opened:
+        unit.unshard()
     try:
-        for unit in opened:
-            unit.unshard()
         yield
     finally:
-        for unit in opened:
+        if opened:
             unit.reshard()

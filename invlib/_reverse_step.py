@@ -96,20 +96,17 @@ class Relay:
             state.check_versions()
         output = y.numel() * y.element_size()
         budget = Budget(max(output, self.scratch_bytes or 0), self.scratch_bytes or 0)
-        if not self.units:
-            self.warned = judge_all(self.states, budget)
-        else:  # FSDP units whose parameters are freed now are gathered one at a time to be judged
-            by_unit: dict[int, tuple[object, list[State]]] = {}
-            for state in reversed(self.states):  # top first, as the sweep will need them
-                unit = self.units.get(state.index)
-                by_unit.setdefault(id(unit), (unit, []))[1].insert(0, state)
-            self.warned = False
-            for unit, members in by_unit.values():
-                if unit is None or not any(judged(state) for state in members):  # nothing to gather for
-                    self.warned |= judge_all(members, budget)
-                    continue
-                with gathered([unit], [[t for state in members for t in state.tensors]]):
-                    self.warned |= judge_all(members, budget)
+        # One call per FSDP unit, top first; a unit whose parameters are freed now is gathered for
+        # its call (invlib._fsdp). Without FSDP that is one call for every layer.
+        by_unit: dict[int, tuple[object, list[State]]] = {}
+        for state in self.states:
+            unit = self.units.get(state.index)
+            by_unit.setdefault(id(unit), (unit, []))[1].append(state)
+        self.warned = False
+        for unit, members in reversed(by_unit.values()):
+            gather = unit is not None and any(judged(state) for state in members)
+            with gathered(unit, [t for state in members for t in state.tensors]) if gather else nullcontext():
+                self.warned |= judge_all(members, budget)
         self.judged = True
 
     def take(self, index: int, y_bar: Tensor, layer: Invertible) -> tuple[Tensor, Tensor, bool]:

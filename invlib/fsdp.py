@@ -45,7 +45,7 @@ from .lu_linear import LULinear
 from .sequential import InvertibleSequential
 
 __all__ = ["CONTEXT", "KINDS", "METHODS", "Case", "Checkpointed", "Conditioned", "assemble", "blocks",
-           "context_batch", "input_batch", "run_cases", "single_process"]
+           "context_batch", "gradient_error", "input_batch", "run_cases", "single_process"]
 
 KINDS = ("coupling", "dense", "lu", "conv1d", "conv2d", "mixed")
 #: Width of the context of ``"conditional"`` blocks (:func:`blocks`).
@@ -215,12 +215,11 @@ def _local(t: Tensor) -> Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
-def _run_case(case: Case, rank: int, world_size: int) -> dict:
+def _sharded(case: Case, dtype: torch.dtype = torch.float64) -> tuple[nn.Module, list[nn.Module]]:
+    """``case``'s network with ``fully_shard`` applied to its units and its root; the units."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    from .memory import MemoryTracker
-
-    made = blocks(case.kind, case.depth, case.width, seed=case.seed, dropout=case.dropout,
+    made = blocks(case.kind, case.depth, case.width, seed=case.seed, dtype=dtype, dropout=case.dropout,
                   batchnorm=case.batchnorm)
     if case.singular:
         first = next(layer for block in made for layer in block if isinstance(layer, InvertibleLinear))
@@ -232,12 +231,20 @@ def _run_case(case: Case, rank: int, world_size: int) -> dict:
         options["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16)
     if case.inner_unit:
         units = [made[0][0].F]
+    sharded = units
     if case.grouped:
         fully_shard(units[:2], **options)
-        units = units[2:]
-    for unit in units:
+        sharded = units[2:]
+    for unit in sharded:
         fully_shard(unit, **options)
     fully_shard(net, **options)
+    return net, units
+
+
+def _run_case(case: Case, rank: int, world_size: int) -> dict:
+    from .memory import MemoryTracker
+
+    net, units = _sharded(case)
     x = input_batch(case.kind, case.batch, case.width)
     part = x.chunk(world_size)[rank]
     whole = context_batch(case.kind, case.batch)
@@ -276,20 +283,10 @@ def _run_case(case: Case, rank: int, world_size: int) -> dict:
     return result
 
 
-def _sharded(case: Case) -> tuple[nn.Module, Tensor]:
-    from torch.distributed.fsdp import fully_shard
-
-    net, units = assemble(blocks(case.kind, case.depth, case.width, seed=case.seed, dtype=torch.float32),
-                          case.method, case.per)
-    for unit in units:
-        fully_shard(unit, reshard_after_forward=case.reshard_after_forward)
-    fully_shard(net, reshard_after_forward=case.reshard_after_forward)
-    return net, input_batch(case.kind, case.batch, case.width, dtype=torch.float32)
-
-
 def _time_cases(cases: Sequence[Case], rank: int, world_size: int, rounds: int) -> dict[str, list[float]]:
     """Seconds per training step of each case (float32), in interleaved rounds after a warm-up round."""
-    nets = {case.name: _sharded(case) for case in cases}
+    nets = {case.name: (_sharded(case, torch.float32)[0], input_batch(case.kind, case.batch, case.width,
+                                                                       dtype=torch.float32)) for case in cases}
     times: dict[str, list[float]] = {case.name: [] for case in cases}
     for round_ in range(rounds + 1):
         for name, (net, x) in nets.items():
@@ -337,6 +334,17 @@ def run_cases(cases: Sequence[Case], world_size: int = 2, *, rounds: int = 0) ->
     with tempfile.TemporaryDirectory() as folder:
         spawn_local(_worker, (world_size, _free_port(), tuple(cases), folder, rounds), world_size)
         return [torch.load(Path(folder) / f"rank{rank}.pt") for rank in range(world_size)]
+
+
+def gradient_error(got: Sequence[Tensor], want: Sequence[Tensor]) -> float:
+    """Largest relative difference ``|g - w| / |w|`` (2-norms) over the parameters' gradients; a
+    gradient that is zero in exact arithmetic (a bias before batch norm) is measured against
+    1e-3 of the whole gradient's norm instead of its own rounding-level norm."""
+    if len(got) != len(want):
+        raise ValueError(f"gradient_error: {len(got)} gradients against {len(want)}")
+    floor = 1e-3 * float(torch.cat([w.double().flatten() for w in want]).norm())
+    return max(float((g.double() - w.double()).norm()) / max(float(w.double().norm()), floor)
+               for g, w in zip(got, want))
 
 
 def single_process(case: Case, *, context_grad: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:

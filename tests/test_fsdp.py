@@ -10,10 +10,9 @@ starting ranks out of every test.
 from __future__ import annotations
 
 import pytest
-import torch
 import torch.distributed as dist
 
-from invlib.fsdp import KINDS, Case, run_cases, single_process
+from invlib.fsdp import KINDS, Case, gradient_error, run_cases, single_process
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch built without distributed support")
 
@@ -37,22 +36,13 @@ def ranks() -> list[dict[str, dict]]:
     return run_cases(CASES, world_size=2)
 
 
-def relative(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:
-    """Largest relative difference of one parameter's gradient; a gradient that is zero in exact
-    arithmetic (a bias before batch norm) is measured against 1e-3 of the whole gradient's norm."""
-    assert len(got) == len(want)
-    floor = 1e-3 * float(torch.cat([w.double().flatten() for w in want]).norm())
-    return max(float((g.double() - w.double()).norm()) / max(float(w.double().norm()), floor)
-               for g, w in zip(got, want))
-
-
 @pytest.mark.parametrize("case", GRID, ids=[c.name for c in GRID])
 def test_gradients_equal_one_process_on_the_whole_batch(ranks, case):
     reference = single_process(case)
     for results in ranks:
         result = results[case.name]
         assert result["error"] is None, result["error"]
-        assert relative(result["grads"], reference) < 1e-12
+        assert gradient_error(result["grads"], reference) < 1e-12
 
 
 @pytest.mark.parametrize("kind", ["coupling", "mixed"])
@@ -62,7 +52,7 @@ def test_bfloat16_parameters_as_accurate_as_plain_fsdp(ranks, kind):
     reference = single_process(Case("ref", kind, width=16, batch=64))
     plain, ours = (ranks[0][f"bf16-{kind}-{method}"] for method in ("plain", "invlib"))
     assert plain["error"] is None and ours["error"] is None, (plain["error"], ours["error"])
-    plain_error, our_error = relative(plain["grads"], reference), relative(ours["grads"], reference)
+    plain_error, our_error = gradient_error(plain["grads"], reference), gradient_error(ours["grads"], reference)
     assert 1e-4 < plain_error < 0.1  # bfloat16 rounding, not exactness and not garbage
     assert our_error <= 2 * plain_error
 
@@ -73,7 +63,7 @@ def test_dropout_and_batch_norm_replayed_under_fsdp(ranks):
     for results in ranks:
         plain, ours = results["replay-plain"], results["replay-invlib"]
         assert plain["error"] is None and ours["error"] is None, (plain["error"], ours["error"])
-        assert relative(ours["grads"], plain["grads"]) < 1e-12
+        assert gradient_error(ours["grads"], plain["grads"]) < 1e-12
 
 
 def test_a_singular_sharded_weight_is_refused_before_any_gradient_leaves(ranks):
@@ -125,6 +115,6 @@ def test_conditional_blocks_under_fsdp_give_the_parameter_and_context_gradients(
     for rank, results in enumerate(ranks):
         result = results[case.name]
         assert result["error"] is None, result["error"]
-        assert relative(result["grads"], reference) < 1e-12
+        assert gradient_error(result["grads"], reference) < 1e-12
         share = context_reference.chunk(len(ranks))[rank]
         assert float((result["context_grad"] - share).norm() / share.norm()) < 1e-12
