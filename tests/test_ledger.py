@@ -19,7 +19,7 @@ SEED = Path("/work/shared/seed/000_5140ceac32b23fa8.txt")
 EXPECTED = {
     "adjoint-memory": "confirmed",
     "adjoint-width": "confirmed",
-    "accumulation-orders": "refuted",
+    "accumulation-orders": "confirmed",
     "accumulation-retraction": "confirmed",
     "invertible-network": "corrected",
     "memory-constant": "confirmed",
@@ -27,15 +27,15 @@ EXPECTED = {
     "double-compute": "corrected",
     "pseudocode": "corrected",
     "same-accumulation": "confirmed",
-    "quadratic": "corrected",
-    "mem-dense-64": "corrected",
+    "quadratic": "confirmed",
+    "mem-dense-64": "confirmed",
     "mem-dense-256": "confirmed",
     "mem-conv1d": "confirmed",
     "mem-conv2d": "corrected",
-    "scratch-dense-64": "refuted",
+    "scratch-dense-64": "confirmed",
     "scratch-dense-256": "refuted",
     "scratch-conv1d": "confirmed",
-    "scratch-conv2d": "corrected",
+    "scratch-conv2d": "confirmed",
     "batch-linear": "confirmed",
     "larger-batch": "confirmed",
     "inverse-cost": "corrected",
@@ -73,7 +73,7 @@ def test_verdict_follows_from_the_evidence(rows, key):
     row = rows[key]
     assert row.verdict == EXPECTED[key], (
         f"{key}: the evidence now gives {row.verdict!r} instead of {EXPECTED[key]!r} "
-        f"({row.finding}; numbers {row.numbers}; rule: {row.claim.rule})")
+        f"({row.finding}; numbers {row.numbers}; rule: {row.claim.rule}; {row.claim.words})")
 
 
 def test_rules_are_not_constant():
@@ -87,10 +87,42 @@ def test_rules_are_not_constant():
         assert len(outcomes) > 1, f"{claim.key}: the rule gives {outcomes} whatever the evidence"
 
 
+@pytest.mark.parametrize("key", list(EXPECTED))
+def test_no_verdict_sits_near_its_threshold(rows, key):
+    """Every ordered condition of a rule is at least 10 % away from its threshold, so a verdict
+    cannot move with a rounding, a CPU or a seed; exact conditions are counts and facts."""
+    row = rows[key]
+    near = {text: m for text, m in row.margins.items() if m < ledger.MIN_MARGIN}
+    assert not near, (f"{key}: value within {ledger.MIN_MARGIN:.0%} of the threshold in {near} "
+                      f"(numbers {row.numbers})")
+
+
+def test_margin_is_relative_distance_to_the_threshold():
+    c = ledger.when("x", "<", 0.05)
+    assert c.margin({"x": 0.024}) == pytest.approx(0.52)
+    assert c.margin({"x": 0.0625}) == pytest.approx(0.25)
+    assert ledger.when("x", ">", 0).margin({"x": 3}) == float("inf")
+    assert ledger.when("x", "==", 1).margin({"x": 1}) is None
+    assert ledger.when("x", ">", 0).margin({"x": 0}) == 0.0
+    r = ledger.rule(("confirmed", [ledger.when("x", "<", 1)]), ("corrected", [ledger.when("x", "<", 2)]),
+                    otherwise="refuted")
+    assert [r.decide({"x": v}) for v in (0.5, 1.5, 2.5)] == ["confirmed", "corrected", "refuted"]
+    assert str(r) == "confirmed if x < 1; corrected if x < 2; otherwise refuted"
+    with pytest.raises(ValueError, match="op must be"):
+        ledger.when("x", "~", 1)
+
+
 def test_a_rule_must_return_a_verdict():
-    bad = ledger.Claim("bad", "t", "q", lambda: ({}, "x"), lambda n: "maybe", "r", "{doc}`envelope`")
-    with pytest.raises(ValueError, match="expected one of"):
-        ledger.evaluate((bad,))
+    rule = ledger.rule(("maybe", [ledger.when("x", ">", 1)]), otherwise="refuted")
+    with pytest.raises(ValueError, match="expected verdicts"):
+        ledger.Claim("bad", "t", "q", lambda: ({"x": 2}, "x"), rule, "r", "{doc}`envelope`")
+
+
+def test_evidence_must_return_every_number_the_rule_reads():
+    rule = ledger.rule(("confirmed", [ledger.when("x", ">", 1)]), otherwise="refuted")
+    claim = ledger.Claim("bad", "t", "q", lambda: ({"y": 2}, "y"), rule, "r", "{doc}`envelope`")
+    with pytest.raises(ValueError, match="does not return"):
+        ledger.evaluate((claim,))
 
 
 def test_every_section_link_resolves():
