@@ -85,8 +85,10 @@ class Cost:
 
         ``scratch`` (and ``scratch_unchunked``, the same without chunking) per layer kind:
 
-        * dense (``InvertibleLinear``): the LU copy of one ``w x w`` weight, ``w^2`` (an
-          ``LULinear`` keeps its factors and needs none), chunking does not apply;
+        * dense (``InvertibleLinear``): the LU copy of one ``w x w`` weight, ``w^2``; chunking does
+          not apply. Not a model of ``LULinear``: it needs no copy to factorise, but its reverse
+          step forms its factors' gradients as ``w x w`` matrices (the chapter "The post's
+          networks, at the post's sizes" measures it);
         * circular convolution: the spectra of the batch, ``2 B C nfreq`` reals (``nfreq`` =
           ``rfftn``'s frequencies), plus the frequency responses and their LU factors of a chunk of
           frequencies, at most one layer output by default (``invlib.CircularConv2d``'s

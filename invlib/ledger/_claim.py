@@ -54,7 +54,7 @@ class Row:
     @property
     def margins(self) -> dict[str, float]:
         """Every ordered condition of the rule with the relative distance of its number from the
-        threshold (see :mod:`invlib.ledger._rule`)."""
+        threshold (see :meth:`invlib.ledger.Condition.margin`)."""
         return self.claim.rule.margins(self.numbers)
 
 

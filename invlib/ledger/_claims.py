@@ -85,7 +85,7 @@ def claims() -> tuple[Claim, ...]:
               "judged on the post's own algorithm (dense layers, one LU solve each), weight gradients "
               "counted as in training: confirmed if it costs 1.75-2.25x backprop's FLOPs both at batch 1 "
               "and at batch w (widths 64 and 256); corrected otherwise",
-              "{ref}`blocks-coupling-flops`",
+              "{ref}`compute-double`",
               pending="{doc}`compute` shows: measured step-time ratios (coupling, dense/LU, conv) against the FLOP ratio"),
         Claim("pseudocode", "The pseudo-code computes the gradient",
               "aFi = inv(fs[i])(x) ... dFi = dfs[i](aFi) * dFi",
@@ -110,7 +110,7 @@ def claims() -> tuple[Claim, ...]:
               "judged on what the sentence means (the weights grow as the square of the cache): confirmed "
               "if the one-sample cache grows as P^e with e between 0.4 and 0.6; the wording is flagged in "
               "the finding", "{doc}`envelope`"),
-        Claim("mem-dense-64", "Dense, width 64: the cache is 1.6% of memory",
+        Claim("mem-dense-64", "Dense, width 64: dropping the cache saves 1.6%",
               "width 64 has 4096 parameters ... 1.6% memory savings",
               arithmetic(0), MEMORY_RULE, MEMORY_WORDS, "{doc}`envelope`"),
         Claim("mem-dense-256", "Dense, width 256: 0.4%", "reduced to 0.4% when we consider layers with width 256",
