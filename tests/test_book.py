@@ -39,6 +39,10 @@ def test_notebook_matches_its_source_and_has_outputs(nb_path):
     code_src = [c.source for c in text.cells if c.cell_type == "code"]
     code_nb = ["".join(c["source"]) for c in stored["cells"] if c["cell_type"] == "code"]
     assert code_nb == code_src, "re-run `python3 tasks.py execute` after editing the source"
+    tags_src = [sorted(c.metadata.get("tags", [])) for c in text.cells]
+    tags_nb = [sorted(c.get("metadata", {}).get("tags", [])) for c in stored["cells"]]
+    assert tags_nb == tags_src, "cell tags differ: run `python tools/sync_markdown.py NAME` (or execute)"
+    assert any("hide-input" in t for t in tags_src), "no plumbing cell is folded (tag it hide-input)"
     unexecuted = [i for i, c in enumerate(stored["cells"])
                   if c["cell_type"] == "code" and c["execution_count"] is None]
     assert not unexecuted, f"cells {unexecuted} were never executed"
