@@ -5,7 +5,8 @@
 the page column, and prints as aligned fixed-width text elsewhere (``str`` / ``repr``). Both
 forms are plain text, so nbval validates them like any printed output. A value is formatted by
 its column's format spec (``"{:.2f}"`` style, without the braces: ``".2f"``), or by ``str``.
-Numbers align right, text left.
+Numbers align right, text left. ``byte_size(n)`` writes a byte count in the unit that suits
+it, chosen per value, so that a table never shows "0 KiB" for a few hundred bytes.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from numbers import Number
 
-__all__ = ["Table"]
+__all__ = ["Table", "byte_size"]
 
 
 class Table:
@@ -77,3 +78,13 @@ class Table:
         return "\n".join(text)
 
     __repr__ = __str__
+
+
+def byte_size(nbytes: float, digits: int = 3) -> str:
+    """``nbytes`` in GiB, MiB or KiB (powers of 1024), the largest unit it reaches, to ``digits``
+    significant digits; below 1 KiB in whole bytes: ``byte_size(8) == "8 B"``,
+    ``byte_size(1536) == "1.5 KiB"``, ``byte_size(2**30) == "1 GiB"``."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(nbytes) >= scale:
+            return f"{nbytes / scale:.{digits}g} {unit}"
+    return f"{round(nbytes)} B"

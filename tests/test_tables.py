@@ -40,3 +40,15 @@ def test_placeholder_strings_keep_a_column_numeric():
 def test_bad_shapes_are_refused(rows, formats, match):
     with pytest.raises(ValueError, match=match):
         Table(["a", "b"], rows, formats=formats)
+
+
+def test_byte_size_picks_a_unit_per_value():
+    from invlib.tables import byte_size
+    assert byte_size(8) == "8 B"
+    assert byte_size(256) == "256 B"
+    assert byte_size(1536) == "1.5 KiB"
+    assert byte_size(133 * 1024) == "133 KiB"
+    assert byte_size(3 * 2**20 + 2**19) == "3.5 MiB"
+    assert byte_size(2**30) == "1 GiB"
+    assert byte_size(-2048) == "-2 KiB"
+    assert byte_size(12401 * 1024) == "12.1 MiB"
