@@ -306,3 +306,17 @@ def test_chunked_conv_scratch_bounds_the_measured_inverse():
     measured = tracker.peak_bytes / 4  # float32 elements, the rebuilt output included
     assert measured <= model.layer_output + model.scratch
     assert measured >= 0.5 * (model.layer_output + model.scratch)  # and the bound is not vacuous
+
+
+def test_break_even_depth_is_the_first_depth_where_the_cache_exceeds_the_inverse():
+    make = lambda d: costs.dense(64, depth=d)  # noqa: E731
+    for cache in ("post", "autograd"):
+        d = costs.break_even_depth(make, cache=cache)
+        assert make(d).cache_elements(cache) > make(d).inversion_elements()
+        assert make(d - 1).cache_elements(cache) <= make(d - 1).inversion_elements()
+    # the w^2 scratch against 2w (autograd) or w (post) per layer: about w/2 and w
+    assert costs.break_even_depth(make) == 34 and costs.break_even_depth(make, cache="post") == 68
+    with pytest.raises(ValueError, match="never saves"):
+        costs.break_even_depth(make, limit=10)
+    with pytest.raises(ValueError, match="cache must be"):
+        costs.break_even_depth(make, cache="none")

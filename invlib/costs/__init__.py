@@ -15,13 +15,14 @@
 from invlib.costs._coupling import checkpoint_elements, coupling
 from invlib.costs._flops import STEP_METHODS, StepFlops, conv_step, coupling_step, dense_step, step_ratio
 from invlib.costs._measure import CountedFlops, SavedTensors, autograd_saved, counted_flops
-from invlib.costs._memory import batch_where_cache_equals_params, larger_model_factor, savings_fraction
+from invlib.costs._memory import (batch_where_cache_equals_params, break_even_depth, larger_model_factor,
+                                 savings_fraction)
 from invlib.costs._model import ACTIVATION_SAVES, INVERSION_WORKING_SET, Cost, conv1d, conv2d, dense, element_size
 from invlib.costs._post import PostClaim, PostFlops, post_flops, post_memory_claims
 
 __all__ = [
     "Cost", "dense", "conv1d", "conv2d", "coupling", "checkpoint_elements", "element_size", "ACTIVATION_SAVES", "INVERSION_WORKING_SET",
-    "larger_model_factor", "savings_fraction", "batch_where_cache_equals_params",
+    "larger_model_factor", "savings_fraction", "batch_where_cache_equals_params", "break_even_depth",
     "SavedTensors", "autograd_saved", "CountedFlops", "counted_flops",
     "STEP_METHODS", "StepFlops", "dense_step", "coupling_step", "conv_step", "step_ratio",
     "PostFlops", "post_flops", "PostClaim", "post_memory_claims",

@@ -10,6 +10,8 @@ outputs) is neglected, which is fair only when ``depth`` is well above 3.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from invlib.costs._model import Cost, copies
 
 
@@ -44,3 +46,19 @@ def batch_where_cache_equals_params(cost: Cost, optimizer: str | None = None, ca
     ``B* = c w``; with autograd's real cache and a LeakyReLU (``A = 2 w B d``), ``B* = c w / 2``.
     """
     return copies(optimizer) * cost.params * cost.batch / _cache(cost, cache)
+
+
+def break_even_depth(make: Callable[[int], Cost], cache: str = "autograd", chunked: bool = True,
+                     limit: int = 100_000) -> int:
+    """The first depth ``d`` at which inverting saves memory: the cache of ``make(d)`` exceeds the
+    inverting backward's peak (working set plus scratch, :meth:`Cost.inversion_elements`).
+
+    ``make(d)`` builds the stack's :class:`Cost` at depth ``d``; ``cache`` is the cache dropped
+    (``"post"`` or ``"autograd"``). Dense layers by LU solve at one sample break even near ``w/2``
+    against autograd's cache (``w`` against the post's). ``ValueError`` if none below ``limit``.
+    """
+    for d in range(1, limit):
+        c = make(d)
+        if _cache(c, cache) > c.inversion_elements(chunked):
+            return d
+    raise ValueError(f"costs.break_even_depth: inverting never saves memory below depth {limit}")

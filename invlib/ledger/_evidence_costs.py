@@ -30,12 +30,14 @@ def linear_compute():
 
 
 def dense_step_ratio(width: int, batch: int, weight_gradients: bool = True) -> float:
-    """The post's algorithm on dense layers (LU solve per layer) against backprop, FLOPs per step:
-    ``4/3 + w/(9B)`` with weight gradients, ``3/2 + w/(6B)`` for the input gradient alone."""
+    """The post's algorithm on dense layers (one LU solve per layer) against backprop, FLOPs per
+    step: ``4/3 + w/(9B)`` with weight gradients (:func:`invlib.costs.dense_step`), ``3/2 + w/(6B)``
+    for the input gradient alone (the backward then has half its products)."""
+    if weight_gradients:
+        return costs.step_ratio(costs.dense_step(width, 1, batch, "invertible"),
+                                costs.dense_step(width, 1, batch, "plain"))
     c = costs.dense(width, batch=batch)
-    plain = c.flops_forward + c.flops_backward
-    if not weight_gradients:   # the backward then has only the input-gradient products, half of it
-        plain = c.flops_forward + c.flops_backward / 2
+    plain = c.flops_forward + c.flops_backward / 2
     return (plain + c.flops_lu + c.flops_solve) / plain
 
 
@@ -103,8 +105,7 @@ def with_scratch(index: int):
         c = make(SCRATCH_DEPTH)
         achieved = (c.cache_elements("autograd") - c.inversion_elements(True)) / c.params
         post = float(post_claim(index).post_percent) / 100
-        even = next((d for d in range(1, 4097)
-                     if make(d).cache_elements("autograd") > make(d).inversion_elements(True)), None)
+        even = costs.break_even_depth(make)
         return ({"of_post": achieved / post, "from_depth": even},
                 f"depth {SCRATCH_DEPTH}, batch 1, autograd's cache minus the inverse's scratch: "
                 f"{achieved:+.1%} of the weights, {achieved / post:.2f} of the post's {post:.1%}; "
