@@ -31,7 +31,10 @@ def _grads(net, run, x, target):
 @pytest.mark.parametrize("kind", [*AUTOCAST_KINDS])
 def test_autocast_error_at_most_twice_the_plain_loops(kind, dtype):
     [row] = autocast_survey([kind], [dtype], batch=1024, seeds=range(3))
-    assert all(0 < e < 0.1 for e in row["plain"]), row  # autocast really ran in half precision
+    # autocast really ran in half precision, and the plain loop's result is still a gradient. On CPUs
+    # without native bfloat16 (AVX2 only) oneDNN's bfloat16 convolutions lose far more: the plain
+    # loop's error reaches 0.25-0.34 there (about 4e-3 on AVX-512 machines), hence the loose bound.
+    assert all(0 < e < 0.5 for e in row["plain"]), row
     assert row["ratio_max"] <= 2.0, row
 
 

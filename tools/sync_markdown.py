@@ -1,4 +1,4 @@
-"""Copy a chapter's Markdown cells and cell tags from ``book/src/NAME.md`` into ``book/NAME.ipynb``
+"""Copy a chapter's Markdown cells and cell tags and ``mystnb`` options (figure captions) from ``book/src/NAME.md`` into ``book/NAME.ipynb``
 without executing it (for edits to prose or tags only).
 
 The code cells of the source and the notebook must already be identical; if one differs, the
@@ -28,11 +28,12 @@ def sync(name: str) -> None:
             raise SystemExit(f"{name}: a code cell differs from the notebook's; execute it instead:\n{s.source[:200]}")
         if s.cell_type == "markdown":
             n.source = s.source
-        tags = s.metadata.get("tags")
-        if tags:
-            n.metadata["tags"] = list(tags)
-        else:
-            n.metadata.pop("tags", None)
+        for key in ("tags", "mystnb"):   # folding, and figure captions, names and alt text
+            value = s.metadata.get(key)
+            if value:
+                n.metadata[key] = value
+            else:
+                n.metadata.pop(key, None)
     nbformat.write(nb, path)
 
 
