@@ -20,7 +20,6 @@ kinds of network at any size, on CPU or GPU.
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 from collections.abc import Callable
 
