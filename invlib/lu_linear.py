@@ -223,6 +223,11 @@ class LULinear(Invertible):
         (strictly lower part), ``U'_bar = L^T M_bar`` (strictly upper part for ``upper``, its
         diagonal times ``s`` for ``log_s``), computed directly rather than by a second autograd pass."""
         y = self._check(y, "y")  # before autocast is switched off: it may hand over half precision
+        return self._reverse_rows(y, y_bar, prepared)
+
+    def _reverse_rows(self, y: Tensor, y_bar: Tensor, prepared: object) -> tuple[Tensor, Tensor]:
+        """:meth:`reverse` on a checked ``(rows, features)`` output (for ``InvertibleConv1x1``,
+        every pixel of every image is a row)."""
         with torch.enable_grad():  # parametrised factors are computed once, with their graph
             lower_p, upper_p, log_s_p, bias = self.lower, self.upper, self.log_s, self.bias
         with torch.no_grad(), full_precision(y):

@@ -39,6 +39,9 @@ CASES = {
     "conv1d-k4": lambda: (_perturb(invlib.CircularConv1d(2, 4), 0.1), torch.randn(2, 2, 6)),
     "conv2d-k3": lambda: (_perturb(invlib.CircularConv2d(2, 3), 0.1), torch.randn(2, 2, 4, 5)),
     "conv2d-k2": lambda: (_perturb(invlib.CircularConv2d(2, 2), 0.1), torch.randn(2, 2, 3, 4)),
+    "squeeze": lambda: (invlib.Squeeze2d(), torch.randn(2, 3, 4, 6)),
+    "conv1x1": lambda: (_perturb(invlib.InvertibleConv1x1(4)), torch.randn(2, 4, 3, 5)),
+    "conv1x1-bias": lambda: (_perturb(invlib.InvertibleConv1x1(3, bias=True)), torch.randn(2, 3, 2, 2)),
 }
 
 
