@@ -12,12 +12,13 @@ Sub-modules: :mod:`invlib.costs` (analytic memory and FLOP model), :mod:`invlib.
 (allocator-level peak memory), :mod:`invlib.compare` (one training step by plain autograd,
 checkpointing or inversion), :mod:`invlib.precision` (gradient error under autocast),
 :mod:`invlib.image_nets` (ResNet, RevNet and
-i-RevNet image classifiers at MemCNN's CIFAR-10 shapes), :mod:`invlib.ode` (neural-ODE solvers and the adjoint method), :mod:`invlib.reference` (the
+i-RevNet image classifiers at MemCNN's CIFAR-10 shapes), :mod:`invlib.transformer` (ViT and a
+causal language model, ordinary or reversible), :mod:`invlib.ode` (neural-ODE solvers and the adjoint method), :mod:`invlib.reference` (the
 seed post's algorithm in NumPy), and :func:`invlib.sliders.slider` (the book's figures with
 sliders).
 """
 
-from . import compare, costs, image_nets, memory, ode, reference
+from . import compare, costs, image_nets, memory, ode, reference, transformer
 from ._diagnose import Diagnosis, diagnose
 from .activations import ELU, Asinh, LeakyReLU
 from .base import Invertible
@@ -54,4 +55,5 @@ __all__ = [
     "ode",
     "reference",
     "slider",
+    "transformer",
 ]

@@ -19,7 +19,7 @@ from .base import Invertible, run_backward
 
 
 class AdditiveCoupling(Invertible):
-    """``y1 = x1 + F(x2)``, ``y2 = x2 + G(y1)``, with ``x = (x1, x2)`` split in halves along dim 1.
+    """``y1 = x1 + F(x2)``, ``y2 = x2 + G(y1)``, with ``x = (x1, x2)`` split in halves along ``dim``.
 
     Inverse: ``x2 = y2 - G(y1)``, ``x1 = y1 - F(x2)``: only F and G are *evaluated*, never inverted,
     so they can be any modules mapping the half shape ``(batch, C/2, ...)`` to itself. Dropout
@@ -30,7 +30,10 @@ class AdditiveCoupling(Invertible):
     amplified by a slope, but they scale with the size of the activations: when the residual
     streams grow to ``|y| >> |x|``, ``y2 - G(y1)`` cancels and the rebuilt ``x`` loses about
     ``log10(|y| / |x|)`` digits.
-    Shapes: ``x``, ``y``: ``(batch, C, ...)`` with ``C`` even.
+    Shapes: ``x``, ``y``: ``(batch, C, ...)`` with ``C`` even, split along the channels
+    (``dim=1``, the default: images, MLPs); ``dim=-1`` splits the last dimension instead, the
+    features of a ``(batch, tokens, features)`` sequence, as a reversible transformer does
+    (two residual streams of ``features / 2`` each; splitting dim 1 would split the tokens).
     Conditional coupling: ``forward(x, context)`` calls ``F(x2, context)`` and ``G(y1, context)``
     (a conditional flow's side input, e.g. an encoder's output); the block stays invertible in
     ``x`` for a fixed context, and gradients reach the context's producer.
@@ -54,22 +57,30 @@ class AdditiveCoupling(Invertible):
     #: F and G may take a second argument, a conditioning context (see InvertibleSequential).
     takes_context = True
 
-    def __init__(self, F: nn.Module, G: nn.Module) -> None:
+    def __init__(self, F: nn.Module, G: nn.Module, dim: int = 1) -> None:
         super().__init__()
         for name, module in (("F", F), ("G", G)):
             if not isinstance(module, nn.Module):
                 raise TypeError(f"AdditiveCoupling: {name} must be a torch.nn.Module, got {type(module).__name__}")
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim == 0:
+            raise ValueError(f"AdditiveCoupling: dim must be a non-zero int (1 for channels, -1 for the last "
+                             f"dimension; 0 would split the batch), got {dim!r}")
         self.F = F
         self.G = G
+        self.dim = dim
 
     def _halves(self, t: Tensor, name: str) -> tuple[Tensor, Tensor]:
-        t = check_tensor(t, name=name, owner="AdditiveCoupling", layout="(batch, C, ...) with C even", min_ndim=2)
-        if t.shape[1] % 2:
+        layout = "(batch, C, ...) with C even" if self.dim == 1 else f"(batch, ...) with an even size along dim {self.dim}"
+        t = check_tensor(t, name=name, owner="AdditiveCoupling", layout=layout, min_ndim=2)
+        if not -t.ndim < self.dim < t.ndim:
+            raise ValueError(f"AdditiveCoupling: {name} has shape {tuple(t.shape)}, with no dimension {self.dim} "
+                             "to split other than the batch")
+        if t.shape[self.dim] % 2:
             raise ValueError(
-                f"AdditiveCoupling: {name} must have an even size along dim 1 to split in halves, got shape "
+                f"AdditiveCoupling: {name} must have an even size along dim {self.dim} to split in halves, got shape "
                 f"{tuple(t.shape)}; pad or project the input to an even number of features/channels"
             )
-        return t.chunk(2, 1)
+        return t.chunk(2, self.dim)
 
     def _call(self, module: nn.Module, name: str, t: Tensor, context: Tensor | None) -> Tensor:
         rng_point(self, name)  # forward records, reverse restores: dropout draws the same masks
@@ -92,11 +103,11 @@ class AdditiveCoupling(Invertible):
         if torch.is_grad_enabled():
             y1 = x1 + self._call(self.F, "F", x2, context)
             y2 = x2 + self._call(self.G, "G", y1, context)
-            return torch.cat([y1, y2], dim=1)
+            return torch.cat([y1, y2], dim=self.dim)
         # Without a tape (e.g. inside InvertibleSequential) the sums go straight into the halves
         # of y: autograd cannot record out= writes, but here it need not, and the cat copy is saved.
         y = torch.empty_like(x)
-        y1, y2 = y.chunk(2, 1)
+        y1, y2 = y.chunk(2, self.dim)
         torch.add(x1, self._call(self.F, "F", x2, context), out=y1)
         torch.add(x2, self._call(self.G, "G", y1, context), out=y2)
         return y
@@ -105,7 +116,7 @@ class AdditiveCoupling(Invertible):
         y1, y2 = self._halves(y, "y")
         x2 = y2 - self._call(self.G, "G", y1, context)
         x1 = y1 - self._call(self.F, "F", x2, context)
-        return torch.cat([x1, x2], dim=1)
+        return torch.cat([x1, x2], dim=self.dim)
 
     def reverse(self, y: Tensor, y_bar: Tensor, *, overwrite: bool = False,
                 context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -114,16 +125,19 @@ class AdditiveCoupling(Invertible):
         with torch.no_grad():
             return self._reverse(y, y_bar, overwrite, context)
 
+    def extra_repr(self) -> str:
+        return "" if self.dim == 1 else f"dim={self.dim}"
+
     def _reverse(self, y: Tensor, y_bar: Tensor, overwrite: bool, context: Tensor | None) -> tuple[Tensor, Tensor]:
         y1, y2 = self._halves(y, "y")  # (InvertibleSequential hands over outputs of this block's forward)
-        y1_bar, y2_bar = y_bar.chunk(2, 1)
+        y1_bar, y2_bar = y_bar.chunk(2, self.dim)
         # x and x_bar are written half by half: into y and y_bar themselves when the caller hands
         # them over, else into fresh buffers. Either way no torch.cat copies.
         if overwrite:
             x, x_bar, (x1, x2), (x1_bar, x2_bar) = y, y_bar, (y1, y2), (y1_bar, y2_bar)
         else:
             x, x_bar = torch.empty_like(y), torch.empty_like(y_bar)
-            (x1, x2), (x1_bar, x2_bar) = x.chunk(2, 1), x_bar.chunk(2, 1)
+            (x1, x2), (x1_bar, x2_bar) = x.chunk(2, self.dim), x_bar.chunk(2, self.dim)
             x1_bar.copy_(y1_bar)
         # ---- G stage: x2 = y2 - G(y1);  y1_total = y1_bar + G'(y1)^T y2_bar  (accumulated in x1_bar)
         self._undo(self.G, "G", y1, y2, x2, y2_bar, x1_bar, context)

@@ -10,11 +10,14 @@
 * :func:`dense_step`, :func:`coupling_step`, :func:`conv_step`: FLOPs of one training step, plain or
   by inversion, split into what ``FlopCounterMode`` counts and what it cannot see (:class:`StepFlops`).
 * :func:`image_memory`: what a step of :mod:`invlib.image_nets`' ResNets, RevNets and i-RevNets keeps.
+* :func:`transformer_memory`: what a step of :mod:`invlib.transformer`'s models keeps, plain,
+  checkpointed per block or reversible, with the flash or the math attention kernel.
 * :func:`post_flops` and :func:`post_memory_claims`: the post's formulas and percentages, verbatim.
 """
 
 from invlib.costs._coupling import checkpoint_elements, coupling
 from invlib.costs._image import ImageMemory, image_memory
+from invlib.costs._transformer import TRANSFORMER_METHODS, block_elements, transformer_memory
 from invlib.costs._flops import STEP_METHODS, StepFlops, conv_step, coupling_step, dense_step, step_ratio
 from invlib.costs._measure import CountedFlops, SavedTensors, autograd_saved, counted_flops
 from invlib.costs._memory import (batch_where_cache_equals_params, break_even_depth, larger_model_factor,
@@ -28,4 +31,5 @@ __all__ = [
     "SavedTensors", "autograd_saved", "CountedFlops", "counted_flops",
     "STEP_METHODS", "StepFlops", "dense_step", "coupling_step", "conv_step", "step_ratio",
     "PostFlops", "post_flops", "PostClaim", "post_memory_claims", "ImageMemory", "image_memory",
+    "TRANSFORMER_METHODS", "block_elements", "transformer_memory",
 ]

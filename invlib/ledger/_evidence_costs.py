@@ -252,6 +252,31 @@ def revnet():
     f = coupling_flops()
     p = coupling_peaks()
     ratio = f["invertible", 8] / f["plain", 8]
-    return ({"off_four_thirds": abs(ratio - 4 / 3), "growth": abs(p["invertible", 8] - p["invertible", 2])},
-            f"RevNet's coupling blocks: FLOPs {ratio:.3f}x backprop, memory flat in depth; RevNet inverts "
+    growth = transformer_growth()
+    return ({"off_four_thirds": abs(ratio - 4 / 3), "growth": abs(p["invertible", 8] - p["invertible", 2]),
+             "transformer_growth": growth},
+            f"RevNet's coupling blocks: FLOPs {ratio:.3f}x backprop, memory flat in depth, and so is a reversible "
+            f"transformer's step (peak {growth:+.2f} of one block's cache from 2 to 6 blocks); RevNet inverts "
             "coupling blocks only, the post also dense layers")
+
+
+def transformer_growth(width: int = 32, tokens: int = 64) -> float:
+    """How much a reversible causal language model's step peak grows from 2 to 6 blocks, in units
+    of what one ordinary block keeps (flash attention, batch 2)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from ..costs import block_elements
+    from ..memory import MemoryTracker
+    from ..transformer import causal_lm
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 16, (2, tokens), generator=g)
+    peaks = []
+    for depth in (2, 6):
+        model = causal_lm(vocabulary=16, length=tokens, width=width, depth=depth, heads=2, reversible=True)
+        for q in model.parameters():
+            q.grad = torch.zeros_like(q)
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION), MemoryTracker() as tracker:
+            torch.nn.functional.cross_entropy(model(x).flatten(0, 1), x.flatten()).backward()
+        peaks.append(tracker.peak_bytes)
+    return (peaks[1] - peaks[0]) / (4 * 2 * tokens * block_elements(width, 2, tokens))
