@@ -13,12 +13,13 @@ Sub-modules: :mod:`invlib.costs` (analytic memory and FLOP model), :mod:`invlib.
 checkpointing or inversion), :mod:`invlib.precision` (gradient error under autocast),
 :mod:`invlib.image_nets` (ResNet, RevNet and
 i-RevNet image classifiers at MemCNN's CIFAR-10 shapes), :mod:`invlib.transformer` (ViT and a
-causal language model, ordinary or reversible), :mod:`invlib.ode` (neural-ODE solvers and the adjoint method), :mod:`invlib.reference` (the
+causal language model, ordinary or reversible), :mod:`invlib.planner` (:func:`plan`: per layer,
+cache, recompute or invert within a memory budget), :mod:`invlib.ode` (neural-ODE solvers and the adjoint method), :mod:`invlib.reference` (the
 seed post's algorithm in NumPy), and :func:`invlib.sliders.slider` (the book's figures with
 sliders).
 """
 
-from . import compare, costs, image_nets, memory, ode, reference, transformer
+from . import compare, costs, image_nets, memory, ode, planner, reference, transformer
 from ._diagnose import Diagnosis, diagnose
 from .activations import ELU, Asinh, LeakyReLU
 from .base import Invertible
@@ -27,6 +28,7 @@ from .conv1x1 import InvertibleConv1x1
 from .coupling import AdditiveCoupling
 from .linear import InvertibleLinear
 from .lu_linear import LULinear
+from .planner import plan
 from ._reverse_step import ReconstructionWarning
 from .sequential import InvertibleSequential
 from .squeeze import Squeeze2d
@@ -53,6 +55,8 @@ __all__ = [
     "image_nets",
     "memory",
     "ode",
+    "plan",
+    "planner",
     "reference",
     "slider",
     "transformer",

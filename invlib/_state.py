@@ -40,7 +40,11 @@ _FORWARD: ContextVar[bool] = ContextVar("invlib_forward", default=False)
 
 def in_forward() -> bool:
     """Whether the caller runs inside the taping-free forward of an ``InvertibleSequential``,
-    whose check before the reverse sweep judges every layer (layers may skip their own checks)."""
+    whose check before the reverse sweep judges every layer (layers may skip their own checks).
+    False while ``torch.compile`` traces (a context variable would break the graph; the container
+    itself is not traced)."""
+    if torch.compiler.is_compiling():
+        return False
     return _FORWARD.get()
 
 

@@ -83,6 +83,8 @@ class AdditiveCoupling(Invertible):
         return t.chunk(2, self.dim)
 
     def _call(self, module: nn.Module, name: str, t: Tensor, context: Tensor | None) -> Tensor:
+        if torch.compiler.is_compiling():  # traced as one graph: no replay point, no version check
+            return module(t) if context is None else module(t, context)
         rng_point(self, name)  # forward records, reverse restores: dropout draws the same masks
         version = t._version
         out = module(t) if context is None else module(t, context)
