@@ -245,8 +245,14 @@ def test_measured_peaks_stay_within_the_budget(measured):
 def test_plan_takes_a_module_and_refuses_bad_budgets_and_segments():
     layers = _chain(width=8, dropout=0.0, norm=False, dtype=torch.float32)
     x = torch.randn(8, 5)
-    found = plan(nn.Sequential(*layers), x, 10**9)
-    assert isinstance(found, Plan) and found.segments[0][1] == 0 and found.budget == 10**9
+    grads_before = [p.grad for layer in layers for p in layer.parameters()]
+    nested = nn.Sequential(nn.Sequential(*layers[:4]), invlib.InvertibleSequential(*layers[4:8]), *layers[8:])
+    found = plan(nested, x, 10**9)
+    assert isinstance(found, Plan) and found.segments[-1][2] == len(layers) - 1 and found.budget == 10**9
+    assert [p.grad for layer in layers for p in layer.parameters()] == grads_before  # None stays None
+    net = Planned(nested, (("recompute", 0, 3), ("invert", 4, 7), ("cache", 8, 9)))
+    assert list(net) == layers  # flattened the way plan flattens
+    torch.testing.assert_close(net(x), nn.Sequential(*layers)(x))
     for bad in (0, -1, "1", True):
         with pytest.raises(ValueError, match="budget_bytes must be a positive number"):
             plan(layers, x, bad)
@@ -271,3 +277,31 @@ def test_planning_two_hundred_layers_is_quick(measured):
     elapsed = time.perf_counter() - start
     assert found.peak <= 0.3 * keep_peak
     assert elapsed < 20  # the chapter reports the time; this only catches a blow-up
+
+
+@pytest.mark.parametrize("index", [2, 3, 4])
+def test_two_forwards_then_one_backward_equal_the_plain_loop(index):
+    """Micro-batches whose losses are summed before one backward: each forward's recomputation
+    and reverse steps replay that forward's modes, buffers and random state."""
+    layers = _chain()
+    x1, x2 = torch.randn(16, 5, dtype=torch.float64), torch.randn(16, 5, dtype=torch.float64)
+    start = _buffers(layers)
+
+    def step(forward):
+        for layer in layers:
+            layer.zero_grad(set_to_none=True)
+        torch.manual_seed(7)
+        y1 = forward(x1)
+        y2 = forward(x2)
+        (y1.square().mean() + y2.sum()).backward()
+        return [p.grad.clone() for layer in layers for p in layer.parameters()], _buffers(layers)
+
+    want, want_buffers = step(_plain(layers))
+    with torch.no_grad():
+        for b, v in zip((b for layer in layers for b in layer.buffers()), start):
+            b.copy_(v)
+    got, got_buffers = step(Planned(layers, _segmentations(layers)[index]))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+    for a, b in zip(got_buffers, want_buffers, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-14)

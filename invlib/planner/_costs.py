@@ -121,11 +121,10 @@ def _saved(layer: nn.Module, x: Tensor) -> tuple[bool, bool, int]:
 def _measure(layer: nn.Module, x: Tensor, repeats: int, t_container: float) -> LayerCost:
     x = x.detach().requires_grad_(x.is_floating_point())
     params = _params(layer)
+    grads = [None if p.grad is None else p.grad.clone() for p in params]
     for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    grads = [p.grad.clone() for p in params]
-    devnull = torch.random.get_rng_state()
+        p.grad = torch.zeros_like(p)  # allocated beforehand, as in a step that accumulates
+    rng = torch.random.get_rng_state()
     saves_input, saves_output, internal = _saved(layer, x)
     with torch.no_grad():
         y0 = layer(x)
@@ -171,8 +170,8 @@ def _measure(layer: nn.Module, x: Tensor, repeats: int, t_container: float) -> L
 
         t_reverse = max(0.0, _seconds(inverted_step, repeats) - t_replay - t_container)
     for p, before in zip(params, grads):
-        p.grad.copy_(before)
-    torch.random.set_rng_state(devnull)
+        p.grad = before
+    torch.random.set_rng_state(rng)
     return LayerCost(type(layer).__name__, invertible, x.numel() * x.element_size(), out_bytes,
                      saves_input, saves_output, internal, forward_extra, backward_extra, reverse_extra,
                      t_forward, t_replay, t_backward, t_reverse)

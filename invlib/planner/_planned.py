@@ -25,20 +25,25 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..sequential import InvertibleSequential
+from ._costs import flatten
 from ._search import KINDS, Plan
 
 
 class Planned(nn.Module):
     """The chain ``layers`` run by ``plan`` (a :class:`Plan` or its segments ``(kind, first, last)``).
+    ``layers``: a sequence of modules, or a module whose nested ``nn.Sequential`` and
+    ``InvertibleSequential`` containers are flattened (:func:`invlib.planner.flatten`), as
+    :func:`invlib.plan` flattens it.
 
     ``forward(x)`` returns ``f_{D-1}(... f_0(x))``; without autograd (``torch.no_grad()``, or nothing
     requiring grad) the layers simply run in order. Iterating yields the layers, so
     ``for layer in planned: x = layer(x)`` is the plain baseline over the same modules.
     """
 
-    def __init__(self, layers: Sequence[nn.Module], plan: Plan | Sequence[tuple[str, int, int]]) -> None:
+    def __init__(self, layers: nn.Module | Sequence[nn.Module], plan: Plan | Sequence[tuple[str, int, int]]) -> None:
         super().__init__()
-        layers = list(layers)
+        # a module is flattened as invlib.plan flattens it, so the plan's layer indices match
+        layers = flatten(layers) if isinstance(layers, nn.Module) else list(layers)
         segments = tuple(plan.segments if isinstance(plan, Plan) else (tuple(s) for s in plan))
         expected = 0
         for kind, first, last in segments:
