@@ -112,8 +112,8 @@ def peers(layers: Sequence[nn.Module], x: Tensor, segment_counts: Sequence[int],
 def step_peak(forward: Callable[[Tensor], Tensor], x: Tensor, params: Sequence[Tensor]) -> int:
     """Peak bytes the c10 allocator hands out during one step ``mean(forward(x)**2).backward()``,
     with the gradients allocated beforehand (:func:`invlib._bench.compiled.allocator_peak`: the
-    one instrument that sees compiled code too; on eager code it equals
-    :func:`invlib.compare.step_memory`'s dispatch-level count)."""
+    one instrument that sees compiled code too; on eager code it agrees with
+    :func:`invlib.compare.step_memory`'s dispatch-level count, ``tests/test_compiled_peer.py``)."""
     from .compiled import allocator_peak
     for p in params:
         p.grad = torch.zeros_like(p)

@@ -29,9 +29,10 @@ far (in ``bins`` steps of ``budget / bins``, rounded up, so a plan it accepts fi
 ``x_p`` is stored already, or ends an open inverting segment. Caching and inverting extend a
 segment one layer at a time; a checkpoint spans ``i..j``, so the program is ``O(D^2 bins)``
 (numpy over the bins). With inverting forbidden it is optimal single-level checkpointing
-(Chen et al. 2016 place sqrt(D) segments; revolve's nested, binomial schedules are not in this
-space); with ``recompute`` forbidden and every layer invertible it reproduces ``anchor_every``
-(a store every ``k`` layers, where the budget allows).
+(Chen et al. 2016 place sqrt(D) equal segments; revolve's nested, binomial schedules are not in
+this space). ``anchor_every``'s schedules (inverting segments of ``k`` layers, each keeping its
+output) are in the space, but never faster: anchors buy accuracy, which the model does not
+count.
 """
 
 from __future__ import annotations
