@@ -305,3 +305,25 @@ def test_two_forwards_then_one_backward_equal_the_plain_loop(index):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
     for a, b in zip(got_buffers, want_buffers, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-14)
+
+
+def test_a_recomputed_layer_sees_the_buffers_its_forward_saw():
+    """Spectral norm's power iteration updates its vector ``u`` in every training-mode forward and
+    computes the weight from it: the recomputation must use ``u`` as it was before the forward
+    (and leave the updated one in place), or the gradient is that of another weight."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    torch.manual_seed(0)
+    layers = [spectral_norm(nn.Linear(6, 6)).double(), nn.Tanh(), spectral_norm(nn.Linear(6, 3)).double()]
+    x = torch.randn(8, 6, dtype=torch.float64)
+    start = _buffers(layers)
+    want = _grads(_plain(layers), layers, x)[1]
+    after = _buffers(layers)
+    with torch.no_grad():
+        for b, v in zip((b for layer in layers for b in layer.buffers()), start):
+            b.copy_(v)
+    got = _grads(Planned(layers, (("recompute", 0, 2),)), layers, x)[1]
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for a, b in zip(_buffers(layers), after, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-15)

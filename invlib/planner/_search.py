@@ -38,7 +38,7 @@ count.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,9 +75,9 @@ class Plan:
                 f"{self.seconds * 1e3:.1f} ms)")
 
 
-def _cache_walk(layers: Sequence[LayerCost], stored: bool) -> tuple[int, int, bool]:
-    """Caching ``layers`` in a row after an input that is ``stored`` or not: (bytes kept, largest
-    transient above what was kept before, whether the output is stored)."""
+def _cache_steps(layers: Sequence[LayerCost], stored: bool) -> Iterator[tuple[int, int, bool]]:
+    """Caching ``layers`` in a row after an input that is ``stored`` or not: after each layer,
+    (bytes kept so far, largest transient above what was kept before, whether its output is stored)."""
     kept = work = 0
     for c in layers:
         if c.saves_input and not stored:
@@ -88,7 +88,15 @@ def _cache_walk(layers: Sequence[LayerCost], stored: bool) -> tuple[int, int, bo
         if stored:
             kept += c.out_bytes
         work = max(work, kept + c.out_bytes + c.backward_extra)
-    return kept, work, stored
+        yield kept, work, stored
+
+
+def _cache_walk(layers: Sequence[LayerCost], stored: bool) -> tuple[int, int, bool]:
+    """:func:`_cache_steps` after the last layer."""
+    found = (0, 0, stored)
+    for found in _cache_steps(layers, stored):
+        pass
+    return found
 
 
 def _segment(kind: str, layers: Sequence[LayerCost], stored: bool) -> tuple[int, int, bool]:
@@ -223,20 +231,10 @@ def search(costs: Costs, budget: float, bins: int = 1000,
                 if not np.isfinite(src).any():
                     continue
                 first = 0 if s else c.in_bytes
-                kept = work = 0
-                stored = True
                 seconds = costs.t_checkpoint
-                for j in range(p, D):
-                    d = layers[j]
-                    if d.saves_input and not stored:
-                        kept += d.in_bytes
-                    kept += d.internal
-                    work = max(work, kept + d.forward_extra + d.out_bytes)
-                    stored = d.saves_output
-                    if stored:
-                        kept += d.out_bytes
-                    work = max(work, kept + d.out_bytes + d.backward_extra)
-                    seconds += _layer_seconds(_RECOMPUTE, d, costs)
+                # the segment p..j, one layer longer each time: its tape is what caching p..j keeps
+                for j, (_, work, _) in enumerate(_cache_steps(layers[p:], True), start=p):
+                    seconds += _layer_seconds(_RECOMPUTE, layers[j], costs)
                     lim = limit(first + work)
                     if lim < 0:
                         break
