@@ -71,7 +71,7 @@ def plan_for(costs: Costs, budget_bytes: float, kinds: Sequence[str] = KINDS, bi
     candidates = [] if segments is None else [segments]
     if "cache" in kinds:
         candidates.append((("cache", 0, len(costs) - 1),))
-    fitting = [(evaluate(c, costs)[1], c) for c in candidates if evaluate(c, costs)[0] <= budget_bytes]
+    fitting = [(seconds, c) for c in candidates for peak, seconds in [evaluate(c, costs)] if peak <= budget_bytes]
     segments = min(fitting)[1] if fitting else None
     if segments is None:
         least = minimum_peak(costs, kinds, bins=bins)
